@@ -1,0 +1,1 @@
+"""Cluster membership, the consistent-hash ring, and routed jobs."""

@@ -1,0 +1,3 @@
+"""Django admin for the ``cluster`` app."""
+
+from __future__ import annotations

@@ -1,0 +1,3 @@
+"""Models of the ``cluster`` app."""
+
+from __future__ import annotations

@@ -1,0 +1,1 @@
+"""Idempotency records: the Idempotency-Key header and exactly-once functions and tasks."""

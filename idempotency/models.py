@@ -1,0 +1,3 @@
+"""Models of the ``idempotency`` app."""
+
+from __future__ import annotations

@@ -1,0 +1,3 @@
+"""Django admin for the ``locks`` app."""
+
+from __future__ import annotations

@@ -1,0 +1,15 @@
+"""App configuration for ``locks``."""
+
+from __future__ import annotations
+
+from django.apps import AppConfig
+
+
+class LocksConfig(AppConfig):
+    name = "locks"
+    label = "locks"
+    verbose_name = "Locks"
+    default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        from . import checks  # noqa: F401  (registers the system checks)

@@ -1,0 +1,3 @@
+"""Models of the ``locks`` app."""
+
+from __future__ import annotations

@@ -1,0 +1,1 @@
+"""Heartbeats, failure detection, recovery, metrics and the live dashboard."""

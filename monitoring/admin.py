@@ -1,0 +1,3 @@
+"""Django admin for the ``monitoring`` app."""
+
+from __future__ import annotations
