@@ -1,3 +1,186 @@
-"""Django admin for the ``cluster`` app."""
+"""Django admin for the cluster: nodes with rebalance previews, the event log, and a key lookup."""
 
 from __future__ import annotations
+
+from django import forms
+from django.contrib import admin, messages
+from django.http import HttpRequest, HttpResponse
+from django.template.response import TemplateResponse
+from django.urls import path
+from django.utils import timezone
+
+from . import services
+from .exceptions import IllegalTransition, UnknownNode
+from .models import MembershipEvent, Node, NodeState, RingEpoch
+from .ring import HashRing, RebalancePlan
+from .selectors import current_ring
+
+
+def _planned_ring(ring: HashRing, nodes: list[Node], action: str) -> HashRing:
+    """The ring the action would produce, so the admin can show the plan before anything moves."""
+    for node in nodes:
+        if action in ("drain", "remove") and node.name in ring:
+            ring = ring.remove_node(node.name)
+        elif action == "activate" and node.state == NodeState.JOINING and node.name not in ring:
+            ring = ring.add_node(node.name, weight=node.weight, zone=node.zone or services.DEFAULT_ZONE)
+    return ring
+
+
+class LookupForm(forms.Form):
+    key = forms.CharField(max_length=1024)
+    n = forms.IntegerField(min_value=1, max_value=100, initial=3, label="replicas")
+
+
+@admin.register(Node)
+class NodeAdmin(admin.ModelAdmin):
+    list_display = ("name", "state", "zone", "weight", "key_share", "heartbeat_age", "incarnation", "address")
+    list_filter = ("state", "zone")
+    search_fields = ("name", "address")
+    date_hierarchy = "joined_at"
+    readonly_fields = (
+        "state",
+        "incarnation",
+        "joined_at",
+        "last_heartbeat_at",
+        "state_changed_at",
+        "token_hash",
+        "weight",
+    )
+    fields = (
+        "name",
+        "address",
+        "zone",
+        "weight",
+        "state",
+        "incarnation",
+        "metadata",
+        "joined_at",
+        "last_heartbeat_at",
+        "state_changed_at",
+    )
+    actions = ("drain_nodes", "activate_nodes", "remove_nodes")
+    change_list_template = "admin/cluster/node/change_list.html"
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        # Nodes join through cluster_nodes add, the API, or a worker starting: each gets a token.
+        return False
+
+    def get_queryset(self, request: HttpRequest):
+        self._ring = current_ring()
+        return super().get_queryset(request)
+
+    @admin.display(description="share of keys")
+    def key_share(self, node: Node) -> str:
+        ring = getattr(self, "_ring", None) or current_ring()
+        return f"{ring.share(node.name):.2%}" if node.name in ring else "—"
+
+    @admin.display(description="last heartbeat", ordering="last_heartbeat_at")
+    def heartbeat_age(self, node: Node) -> str:
+        if node.last_heartbeat_at is None:
+            return "never"
+        return f"{(timezone.now() - node.last_heartbeat_at).total_seconds():.1f} s ago"
+
+    def get_urls(self):
+        return [
+            path("lookup/", self.admin_site.admin_view(self.lookup_view), name="cluster_node_lookup"),
+            *super().get_urls(),
+        ]
+
+    def lookup_view(self, request: HttpRequest) -> HttpResponse:
+        form = LookupForm(request.GET or None)
+        result = None
+        ring = current_ring()
+        if form.is_valid():
+            if len(ring) == 0:
+                form.add_error(None, "The ring is empty: no node is active.")
+            else:
+                nodes = ring.get_nodes(form.cleaned_data["key"], form.cleaned_data["n"])
+                result = {"owner": nodes[0], "preference": nodes}
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Key lookup",
+            "opts": self.model._meta,
+            "form": form,
+            "result": result,
+            "ring": ring,
+        }
+        return TemplateResponse(request, "admin/cluster/node/lookup.html", context)
+
+    def _with_preview(self, request: HttpRequest, queryset, action: str, apply) -> HttpResponse | None:
+        nodes = list(queryset)
+        if request.POST.get("confirm") != "yes":
+            ring = current_ring()
+            plan: RebalancePlan = ring.diff(_planned_ring(ring, nodes, action))
+            context = {
+                **self.admin_site.each_context(request),
+                "title": f"Confirm: {action} {len(nodes)} node(s)",
+                "opts": self.model._meta,
+                "nodes": nodes,
+                "action": action,
+                "action_name": f"{action}_nodes",
+                "plan": plan,
+                "moves": [(m.source or "—", m.target or "—", f"{m.fraction:.2%}") for m in plan.moves],
+                "fraction": f"{plan.fraction_moved:.2%}",
+                "selected": request.POST.getlist(admin.helpers.ACTION_CHECKBOX_NAME),
+            }
+            return TemplateResponse(request, "admin/cluster/node/rebalance_preview.html", context)
+        done, failed = 0, []
+        actor = request.user.get_username()
+        for node in nodes:
+            try:
+                apply(node=node, actor=actor)
+                done += 1
+            except (IllegalTransition, UnknownNode, ValueError) as exc:
+                failed.append(str(exc))
+        if done:
+            self.message_user(request, f"{action}: {done} node(s) done.", messages.SUCCESS)
+        for error in failed:
+            self.message_user(request, error, messages.ERROR)
+        return None
+
+    @admin.action(description="Drain selected nodes (preview first)", permissions=["change"])
+    def drain_nodes(self, request, queryset):
+        return self._with_preview(request, queryset, "drain", services.node_drain)
+
+    @admin.action(description="Activate selected nodes (preview first)", permissions=["change"])
+    def activate_nodes(self, request, queryset):
+        return self._with_preview(request, queryset, "activate", services.node_activate)
+
+    @admin.action(description="Remove selected nodes from the cluster (preview first)", permissions=["change"])
+    def remove_nodes(self, request, queryset):
+        return self._with_preview(request, queryset, "remove", services.node_remove)
+
+
+@admin.register(MembershipEvent)
+class MembershipEventAdmin(admin.ModelAdmin):
+    list_display = ("created_at", "node", "from_state", "to_state", "epoch", "incarnation", "reason", "actor")
+    list_filter = ("to_state", "from_state", ("node", admin.RelatedOnlyFieldListFilter), "epoch")
+    search_fields = ("node__name", "reason", "actor", "=epoch")
+    date_hierarchy = "created_at"
+    list_select_related = ("node",)
+    show_full_result_count = False
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj=None) -> bool:
+        return False
+
+
+@admin.register(RingEpoch)
+class RingEpochAdmin(admin.ModelAdmin):
+    list_display = ("epoch", "created_at", "reason")
+    search_fields = ("reason", "=epoch")
+    date_hierarchy = "created_at"
+    show_full_result_count = False
+    exclude = ("ring",)
+    readonly_fields = ("epoch", "created_at", "reason")
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj=None) -> bool:
+        return False

@@ -6,5 +6,14 @@ from locks.conf import AppSettings
 
 cluster_settings = AppSettings(
     "CLUSTER",
-    {},
+    {
+        # Partitions of a ring built from nothing (a power of two). 2**16 keeps a 1,000-node ring within
+        # one partition of perfect balance; see benchmarks/bench_ring.py.
+        "PARTITIONS": 2**16,
+        # How often (seconds) a process checks whether the ring epoch moved on. current_ring() is called
+        # on every dispatch, so it costs at most one small query per interval per process.
+        "RING_CHECK_INTERVAL": 1.0,
+        # Ring snapshots kept (the event log keeps every change forever).
+        "RING_HISTORY": 50,
+    },
 )

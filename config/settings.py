@@ -217,7 +217,9 @@ CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 
 # Every Ringmaster setting lives here, one section per app; each app's conf.py documents its
 # defaults and rejects unknown keys. Lock backends follow Django's CACHES pattern (LOCKS below).
-RINGMASTER: dict = {}
+RINGMASTER: dict = {
+    "MONITORING": {"METRICS_TOKEN": env.str("RINGMASTER_METRICS_TOKEN", default="") or None},
+}
 
 # --- I18N, static files, auth -------------------------------------------------------------
 

@@ -54,3 +54,33 @@ def private_redis():
     """A Redis of this test's own, which the test may stop to see what breaks."""
     with services.private_redis() as url:
         yield url
+
+
+@pytest.fixture
+def child_env(transactional_db):
+    """Environment for a child process that must use this test's database (and deployment)."""
+    from django.conf import settings
+    from django.db import connection
+
+    db = settings.DATABASES["default"]
+    env = dict(os.environ)
+    if connection.vendor == "postgresql":
+        host = db.get("HOST") or "127.0.0.1"
+        port = db.get("PORT") or 5432
+        password = f":{db['PASSWORD']}" if db.get("PASSWORD") else ""
+        env["DATABASE_URL"] = f"postgres://{db['USER']}{password}@{host}:{port}/{db['NAME']}"
+    else:
+        env["DATABASE_URL"] = f"sqlite:///{db['NAME']}"
+    return env
+
+
+@pytest.fixture(autouse=True)
+def _fresh_ring_cache(settings):
+    """Tests roll their transactions back, so nothing commits to drop the per-process ring cache:
+    check the epoch on every call instead (test_selectors covers the interval itself)."""
+    from cluster import selectors
+
+    settings.RINGMASTER = {"CLUSTER": {"RING_CHECK_INTERVAL": 0}}
+    selectors.forget_cached_ring()
+    yield
+    selectors.forget_cached_ring()

@@ -1,0 +1,73 @@
+"""Reads of cluster membership: the current ring and who owns a key.
+
+``current_ring()`` is called on every task dispatch, so each process keeps the ring it last loaded
+and asks the database for the epoch at most once per ``RING_CHECK_INTERVAL`` seconds; a change
+made in this process is seen at once (the cache drops on ``membership_changed``).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from django.db.models import QuerySet
+
+from .models import ClusterState, MembershipEvent, Node, NodeState
+from .ring import HashRing
+from .services import ring_at
+from .settings import cluster_settings
+from .signals import membership_changed
+
+_cache_lock = threading.Lock()
+_cached: tuple[HashRing, float] | None = None  # (ring, monotonic time of the last epoch check)
+
+
+def current_epoch() -> int:
+    return ClusterState.objects.filter(pk=1).values_list("epoch", flat=True).first() or 0
+
+
+def current_ring() -> HashRing:
+    """The ring of the current epoch (its ``epoch`` attribute says which)."""
+    global _cached
+    cached = _cached
+    now = time.monotonic()
+    if cached is not None and now - cached[1] < cluster_settings.RING_CHECK_INTERVAL:
+        return cached[0]
+    epoch = current_epoch()
+    if cached is not None and cached[0].epoch == epoch:
+        ring = cached[0]
+    else:
+        ring = ring_at(epoch)
+    with _cache_lock:
+        _cached = (ring, now)
+    return ring
+
+
+def forget_cached_ring(**kwargs: object) -> None:
+    global _cached
+    with _cache_lock:
+        _cached = None
+
+
+membership_changed.connect(forget_cached_ring, dispatch_uid="cluster-forget-cached-ring")
+
+
+def owner_of(key: str | bytes) -> str:
+    """The node that owns ``key`` in the current ring (raises LookupError on an empty ring)."""
+    return current_ring().get_node(key)
+
+
+def owners_of(key: str | bytes, n: int) -> list[str]:
+    """The key's preference list: ``n`` distinct nodes, the owner first, spread across zones."""
+    return current_ring().get_nodes(key, n)
+
+
+def nodes_by_state() -> dict[str, int]:
+    counts = dict.fromkeys(NodeState.values, 0)
+    for state in Node.objects.values_list("state", flat=True):
+        counts[state] += 1
+    return counts
+
+
+def recent_events(*, limit: int = 50) -> QuerySet[MembershipEvent]:
+    return MembershipEvent.objects.select_related("node").order_by("-id")[:limit]

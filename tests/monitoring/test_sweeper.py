@@ -1,0 +1,148 @@
+"""The sweeper on a fake clock: real database, real heartbeat store, verdicts applied as membership changes."""
+
+from __future__ import annotations
+
+import pytest
+
+from cluster.models import Node
+from cluster.selectors import current_ring
+from monitoring.heartbeats import HeartbeatStoreUnavailable
+from monitoring.services import heartbeat_record
+from monitoring.sweeper import Sweeper
+from tests.cluster.factories import active_node
+
+pytestmark = pytest.mark.django_db
+
+T0 = 1_800_000_000.0  # wall-clock seconds: beats carry received_at from time.time()
+
+
+def state(name: str) -> str:
+    return Node.objects.get(name=name).state
+
+
+def beating(sweeper: Sweeper, names: list[str], start: float, end: float, *, incarnation: int = 1) -> float:
+    """Beat every second for every node and sweep after each beat; returns the time reached."""
+    t = start
+    seq = int(start)
+    while t < end:
+        seq += 1
+        for name in names:
+            heartbeat_record(node=name, incarnation=incarnation, seq=seq, now=t)
+        sweeper.sweep(t + 0.01)
+        t += 1.0
+    return t
+
+
+def silence(sweeper: Sweeper, start: float, seconds: float) -> list[tuple[float, str, str, str]]:
+    seen = []
+    t = start
+    while t < start + seconds:
+        for v in sweeper.sweep(t):
+            seen.append((round(t - start, 1), v.node, v.from_state, v.to_state))
+        t += 1.0
+    return seen
+
+
+def test_silent_node_goes_suspect_then_dead_and_leaves_the_ring():
+    active_node("a")
+    active_node("b")
+    sweeper = Sweeper()
+    t = beating(sweeper, ["a", "b"], T0, T0 + 30)
+    assert state("a") == state("b") == "active"
+    # b keeps beating, a falls silent.
+    seen = []
+    for _ in range(15):
+        heartbeat_record(node="b", incarnation=1, seq=int(t), now=t)
+        for v in sweeper.sweep(t + 0.01):
+            seen.append((v.node, v.to_state))
+        t += 1.0
+    assert ("a", "suspect") in seen and ("a", "dead") in seen
+    assert seen.index(("a", "suspect")) < seen.index(("a", "dead"))
+    assert all(node == "a" for node, _ in seen), "the beating node is never suspected"
+    assert state("a") == "dead" and state("b") == "active"
+    assert current_ring().nodes == ("b",), "a dead node leaves the ring"
+
+
+def test_suspect_refuted_by_a_fresh_beat():
+    active_node("a")
+    sweeper = Sweeper()
+    t = beating(sweeper, ["a"], T0, T0 + 30)
+    for _ in range(6):
+        sweeper.sweep(t)
+        t += 1.0
+        if state("a") == "suspect":
+            break
+    assert state("a") == "suspect"
+    beating(sweeper, ["a"], t, t + 2)
+    assert state("a") == "active", "a fresh beat refutes the suspicion"
+
+
+def test_late_sweep_convicts_nobody():
+    active_node("a")
+    sweeper = Sweeper()
+    t = beating(sweeper, ["a"], T0, T0 + 30)
+    verdicts = sweeper.sweep(t + 60)  # the sweeper itself was paused for a minute
+    assert verdicts == []
+    assert state("a") == "active"
+
+
+class FlakyStore:
+    """Wraps the configured store; `down` makes it fail like a stopped Redis would."""
+
+    def __init__(self, inner):
+        self.inner, self.down = inner, False
+
+    def latest(self, nodes):
+        if self.down:
+            raise HeartbeatStoreUnavailable("store stopped by the test")
+        return self.inner.latest(nodes)
+
+    def record(self, node, beat):
+        self.inner.record(node, beat)
+
+    def forget(self, node):
+        self.inner.forget(node)
+
+
+def test_store_outage_convicts_nobody_during_and_for_a_grace_period():
+    from monitoring.heartbeats import get_store
+
+    active_node("a")
+    store = FlakyStore(get_store())
+    sweeper = Sweeper(store=store)
+    t = beating(sweeper, ["a"], T0, T0 + 30)
+    store.down = True
+    for _ in range(20):
+        assert sweeper.sweep(t) == []
+        t += 1.0
+    store.down = False
+    heartbeat_record(node="a", incarnation=1, seq=10_000, now=t)
+    for _ in range(5):  # within the 10 s grace period
+        sweeper.sweep(t)
+        t += 1.0
+    assert state("a") == "active", "no conviction right after our own outage"
+
+
+def test_dead_node_rejoins_with_a_new_incarnation_then_activates():
+    active_node("a")
+    sweeper = Sweeper()
+    t = beating(sweeper, ["a"], T0, T0 + 30)
+    t += 20
+    silence(sweeper, t - 20, 20)
+    assert state("a") == "dead"
+    t = beating(sweeper, ["a"], t, t + 3, incarnation=1)
+    assert state("a") == "dead", "the convicted incarnation may never come back"
+    t = beating(sweeper, ["a"], t, t + 15, incarnation=2)
+    node = Node.objects.get(name="a")
+    assert node.incarnation == 2
+    assert node.state == "active"
+    assert current_ring().nodes == ("a",)
+
+
+def test_sweeper_refreshes_last_heartbeat_at_every_few_seconds():
+    active_node("a")
+    sweeper = Sweeper()
+    beating(sweeper, ["a"], T0, T0 + 3)
+    node = Node.objects.get(name="a")
+    assert node.last_heartbeat_at is not None
+    assert abs(node.last_heartbeat_at.timestamp() - T0) < 1.5
