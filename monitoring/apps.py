@@ -12,4 +12,5 @@ class MonitoringConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from . import checks, worker  # noqa: F401  (system checks; Celery worker signal receivers)
+        # System checks, the signal relay to dashboards, and the Celery worker's signal receivers.
+        from . import checks, events, worker  # noqa: F401

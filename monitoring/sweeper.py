@@ -93,9 +93,7 @@ class Sweeper:
 
     @staticmethod
     def _tracker_state(node: Node) -> str:
-        return {NodeState.JOINING: JOINING, NodeState.ACTIVE: ACTIVE, NodeState.SUSPECT: SUSPECT}.get(
-            node.state, DEAD
-        )
+        return {NodeState.JOINING: JOINING, NodeState.ACTIVE: ACTIVE, NodeState.SUSPECT: SUSPECT}.get(node.state, DEAD)
 
     def _feed(self, name: str, beat: Beat) -> None:
         marker = (beat.incarnation, beat.seq)
@@ -122,8 +120,9 @@ class Sweeper:
             logger.info("%s: %s -> %s, %s", verdict.node, verdict.from_state, verdict.to_state, reason)
         except (IllegalTransition, UnknownNode, ValueError) as exc:
             # The database moved on (an operator acted): the next sweep resynchronises from it.
-            logger.warning("sweeper could not apply %s -> %s to %s: %s", verdict.from_state, verdict.to_state,
-                           verdict.node, exc)
+            logger.warning(
+                "sweeper could not apply %s -> %s to %s: %s", verdict.from_state, verdict.to_state, verdict.node, exc
+            )
             self.tracker.forget(verdict.node)
 
     def _publish_phi(self, now: float) -> None:
