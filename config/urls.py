@@ -1,7 +1,7 @@
 """URL configuration: the admin, health probes, and each app's URLs."""
 
 from django.contrib import admin
-from django.urls import path
+from django.urls import include, path
 
 from monitoring import views as monitoring_views
 from monitoring.api import api
@@ -12,4 +12,5 @@ urlpatterns = [
     path("readyz", monitoring_views.readyz, name="readyz"),
     path("metrics", monitoring_views.metrics, name="metrics"),
     path("api/v1/", api.urls),
+    path("dashboard/", include("monitoring.urls")),
 ]
