@@ -10,12 +10,13 @@ from typing import Protocol
 # FixedTimeoutDetector can report "timed out" on the same scale. Any sensible threshold is far below it.
 PHI_MAX = 1e9
 
-# Chosen with benchmarks/sim_detector.py (results in benchmarks/results/detector.md): 1 s heartbeats with
-# 100 ms jitter, 1% lost beats, 2 s and 5 s stop-the-world pauses. With 3.0 s, phi reaches 8 about 4.7 s
-# after the last heartbeat, so with the sweeper's 3 s stable period a live node must be silent for ~7.7 s
-# to be convicted: a 5 s pause plus a lost beat (~7 s) is still safe. Real deaths are convicted after
-# ~7.7 s (p50) and ~8.6 s (p99). 2.5 s convicts live nodes in that pause-plus-lost-beat case; 3.5 s misses
-# the p50 <= 8 s target. Akka's acceptable-heartbeat-pause defaults to 3 s for the same reasons.
+# Chosen with benchmarks/sim_detector.py (results in benchmarks/results/detector.md): 1 s heartbeats,
+# 0-100 ms delay, 1% lost, 2 s and 5 s stop-the-world pauses. With 3.0 s, phi passes 8 about 4.5 s after
+# the last heartbeat (mean 1 s + 3 s + 5.2 std), so with LivenessPolicy's 3 s stable period a live node
+# is convicted only after 7.5-8.5 s of silence, depending on the sweep's phase: a 5 s pause, even right
+# after a lost heartbeat (~7.1 s), is safe. Real deaths are convicted after ~7.7 s (p50) and ~8.8 s (p99).
+# 2.0 s convicted a live node whose pause followed a lost beat, 2.5 s leaves that case almost no margin,
+# 3.5 s misses the dead-p50 <= 8 s target. Akka Cluster's default acceptable-heartbeat-pause is also 3 s.
 DEFAULT_ACCEPTABLE_PAUSE = 3.0
 
 # phi = log10(1 + e^z) overflows exp() past z ~ 709. Beyond this seam log10(1 + e^z) equals z / ln 10
@@ -61,22 +62,17 @@ class PhiAccrualDetector:
     ) -> None:
         if isinstance(window, bool) or not isinstance(window, int) or window < 1:
             raise ValueError(f"window must be an int >= 1, got {window!r}")
-        _require(min_std > 0 and math.isfinite(min_std), "min_std", "a finite number > 0", min_std)
-        _require(
-            acceptable_pause >= 0 and math.isfinite(acceptable_pause),
-            "acceptable_pause",
-            "a finite number >= 0",
-            acceptable_pause,
-        )
-        _require(
-            first_interval > 0 and math.isfinite(first_interval), "first_interval", "a finite number > 0", first_interval
-        )
+        # Chained comparisons are False for nan, so these also reject nan and infinities.
+        _require(0 < min_std < math.inf, "min_std", "a finite number > 0", min_std)
+        _require(0 <= acceptable_pause < math.inf, "acceptable_pause", "a finite number >= 0", acceptable_pause)
+        _require(0 < first_interval < math.inf, "first_interval", "a finite number > 0", first_interval)
         self._window = window
         self._min_std = min_std
         self._acceptable_pause = acceptable_pause
         self._intervals: deque[float] = deque()
         self._sum = 0.0
         self._sum_sq = 0.0
+        self._evictions = 0
         self._last: float | None = None
         # Akka seeds the window with first_interval -/+ first_interval/4 so that the first silences
         # are judged against a plausible distribution (mean first_interval, std first_interval/4).
@@ -95,7 +91,11 @@ class PhiAccrualDetector:
 
     @property
     def interval_std(self) -> float:
-        """Population standard deviation of the window (before the min_std floor)."""
+        """Population standard deviation of the window (before the min_std floor).
+
+        Computed from running sums, so exact to about 1e-7 of the largest recent interval: far
+        below any sensible min_std.
+        """
         mean = self.interval_mean
         # Clamped because sum-of-squares minus square-of-mean can round a few ulps below zero.
         return math.sqrt(max(self._sum_sq / len(self._intervals) - mean * mean, 0.0))
@@ -134,9 +134,16 @@ class PhiAccrualDetector:
             old = self._intervals.popleft()
             self._sum -= old
             self._sum_sq -= old * old
+            self._evictions += 1
         self._intervals.append(interval)
         self._sum += interval
         self._sum_sq += interval * interval
+        if self._evictions == self._window:
+            # Subtracting leaves the rounding error of every interval that ever passed through;
+            # an exact recount once per window's worth of evictions (amortized O(1)) discards it.
+            self._evictions = 0
+            self._sum = math.fsum(self._intervals)
+            self._sum_sq = math.fsum(x * x for x in self._intervals)
 
 
 class FixedTimeoutDetector:
@@ -147,7 +154,7 @@ class FixedTimeoutDetector:
     """
 
     def __init__(self, *, timeout: float = 4.0) -> None:
-        _require(timeout > 0 and math.isfinite(timeout), "timeout", "a finite number > 0", timeout)
+        _require(0 < timeout < math.inf, "timeout", "a finite number > 0", timeout)
         self._timeout = timeout
         self._last: float | None = None
 

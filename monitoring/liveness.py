@@ -24,7 +24,9 @@ class LivenessPolicy:
 
     The defaults were checked with benchmarks/sim_detector.py against 1 s heartbeats (see
     benchmarks/results/detector.md): a real death is suspected after ~4.5 s and convicted after
-    ~7.7 s (p50), and a live node's 5 s stop-the-world pause may make it suspect but never dead.
+    ~7.7 s (p50), and a live node's 5 s stop-the-world pause may make it suspect but not dead. A
+    silence of ~8 s (that pause right after two lost heartbeats) is convicted: no rule that
+    convicts real deaths within 8 s can tell the two apart.
     """
 
     suspect_phi: float = 5.0  # stop routing new work to the node
@@ -47,9 +49,7 @@ class LivenessPolicy:
 
     def __post_init__(self) -> None:
         _require(0 < self.suspect_phi < math.inf, "suspect_phi", "a finite number > 0", self.suspect_phi)
-        _require(
-            self.suspect_phi <= self.dead_phi < math.inf, "dead_phi", "finite and >= suspect_phi", self.dead_phi
-        )
+        _require(self.suspect_phi <= self.dead_phi < math.inf, "dead_phi", "finite and >= suspect_phi", self.dead_phi)
         for name in ("dead_stable_period", "flap_window", "flap_hold", "rejoin_stable_period"):
             value = getattr(self, name)
             _require(0 <= value < math.inf, name, "a finite number >= 0", value)

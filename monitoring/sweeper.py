@@ -83,8 +83,13 @@ class Sweeper:
     def _sync(self, nodes: dict[str, Node], now: float) -> None:
         for name in list(self.tracker):
             node = nodes.get(name)
-            if node is None or self._tracker_state(node) != self.tracker.state(name):
-                # Changed by someone else (an operator, a worker leaving): start again from the database.
+            if (
+                node is None
+                or self._tracker_state(node) != self.tracker.state(name)
+                or node.incarnation > self.tracker.incarnation(name)
+            ):
+                # Changed by someone else (an operator, a worker leaving or restarting): start again
+                # from the database.
                 self.tracker.forget(name)
                 self._seen.pop(name, None)
         for name, node in nodes.items():
@@ -111,6 +116,10 @@ class Sweeper:
             if verdict.to_state == SUSPECT:
                 cluster_services.node_mark_suspect(node=verdict.node, actor=ACTOR, reason=reason)
             elif verdict.to_state == DEAD:
+                if verdict.from_state == ACTIVE:
+                    # A restarted process (new incarnation) is convicted at once; the membership
+                    # state machine still goes through suspect, so record both steps.
+                    cluster_services.node_mark_suspect(node=verdict.node, actor=ACTOR, reason=reason)
                 cluster_services.node_mark_dead(node=verdict.node, actor=ACTOR, reason=reason)
             elif verdict.to_state == JOINING:
                 incarnation = beat.incarnation if beat is not None else None

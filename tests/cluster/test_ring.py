@@ -32,13 +32,6 @@ memberships = st.dictionaries(names, weights, min_size=1, max_size=12)
 partition_counts = st.sampled_from([16, 64, 256, 1024])
 
 
-@pytest.fixture(autouse=True)
-def _fresh_ring_cache():
-    """Shadows the autouse fixture of tests/conftest.py, which needs Django, so these pure tests also run without it
-    (`-p no:django`); nothing here touches the cached ring of cluster.selectors."""
-    yield
-
-
 def table(ring: HashRing) -> list[str]:
     """The owner of every partition, read through the documented to_dict() format."""
     data = ring.to_dict()

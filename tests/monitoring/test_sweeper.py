@@ -146,3 +146,28 @@ def test_sweeper_refreshes_last_heartbeat_at_every_few_seconds():
     node = Node.objects.get(name="a")
     assert node.last_heartbeat_at is not None
     assert abs(node.last_heartbeat_at.timestamp() - T0) < 1.5
+
+
+def test_external_node_restart_with_a_new_incarnation_is_convicted_then_rejoins():
+    """The old process's work is lost on a restart: the node goes dead (moving its work), then rejoins."""
+    from cluster.models import MembershipEvent
+
+    active_node("a")
+    sweeper = Sweeper()
+    t = beating(sweeper, ["a"], T0, T0 + 10)
+    t = beating(sweeper, ["a"], t, t + 15, incarnation=2)
+    node = Node.objects.get(name="a")
+    assert (node.state, node.incarnation) == ("active", 2)
+    steps = list(MembershipEvent.objects.filter(node=node).order_by("id").values_list("to_state", flat=True))
+    assert steps == ["joining", "active", "suspect", "dead", "joining", "active"]
+
+
+def test_worker_restart_recorded_in_the_database_is_not_a_conviction():
+    from cluster import services
+
+    active_node("a")
+    sweeper = Sweeper()
+    t = beating(sweeper, ["a"], T0, T0 + 10)
+    services.node_restart(node="a", incarnation=2)
+    beating(sweeper, ["a"], t, t + 10, incarnation=2)
+    assert Node.objects.get(name="a").state == "active"
