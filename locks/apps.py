@@ -12,4 +12,9 @@ class LocksConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
+        from django.core.signals import setting_changed
+
         from . import checks  # noqa: F401  (registers the system checks)
+        from .handler import reset_on_setting_changed
+
+        setting_changed.connect(reset_on_setting_changed, dispatch_uid="locks-reset-backends")

@@ -1,0 +1,1 @@
+"""Lock backends: the database (any Django database Ringmaster supports) and Redis."""

@@ -1,0 +1,409 @@
+"""The Redis lock backend: ``SET NX PX`` inside Lua scripts, fencing tokens, FIFO hand-off.
+
+Keys of a lock share the hash tag ``{rmlock:<name>}``, so every script touches one slot and runs
+on Redis Cluster:
+
+- ``{rmlock:<name>}:lease``  ``"<token>|<acquired ms>|<owner>"`` with the lease as its PX expiry
+- ``{rmlock:<name>}:token``  the fencing counter (``INCR``); never expires
+- ``{rmlock:<name>}:queue``  waiters in arrival order (a sorted set scored by ``:seq``)
+- ``{rmlock:<name>}:alive``  each waiter's deadline and ttl: a waiter that stops refreshing it loses its place
+- ``{rmlock:<name>}:wake:<owner>``  the list one waiter blocks on (``BLPOP``); a hand-off pushes the grant
+
+Tokens: the claim script takes ``max(INCR, TIME in microseconds)`` in the same script that sets
+the lease, so tokens strictly increase per name even when Redis restarts without persistence
+(or from an old snapshot): the counter restarts from the clock, which is past every token
+handed out before. Release and extend compare the whole lease value (token and owner) before
+touching the key. Fairness is FIFO with direct hand-off: a release (or a force-release) that
+finds live waiters does not free the lock but grants it, in the same script, to the first
+one, and pushes the grant to that waiter's wake list; the waiter's ``BLPOP`` returns holding
+the lock, with no second round trip and no race with newcomers. (Letting the releasing process
+take the lock again first, as the database backend's ``MAX_BARGES`` does, measured no faster
+here and less fair, so Redis hands off strictly.) A waiter also retries on its own at the lease's expiry (a holder that
+died) or after a jittered fallback interval, and one that gives up passes on a grant it may
+have received meanwhile.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import redis
+from django.core.exceptions import ImproperlyConfigured
+from django.utils import timezone
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from ..backoff import jittered
+from ..lease import Lease, LeaseInfo, validate_name
+from ..settings import lock_settings
+from .base import BaseLockBackend, Grant, Waiter, actor_label, unavailable
+
+REDIS_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+
+LIB = """
+if redis.replicate_commands then redis.replicate_commands() end
+local function clock()
+  local t = redis.call('TIME')
+  local s, us = tonumber(t[1]), tonumber(t[2])
+  return s * 1000 + math.floor(us / 1000), s * 1000000 + us
+end
+local function fmt(n) return string.format('%.0f', n) end
+local function owned_by(value, owner)
+  return value and string.sub(value, -(#owner + 1)) == '|' .. owner
+end
+-- The first waiter whose deadline has not passed, and the lease ttl it asked for; dead ones are dropped.
+local function live_head(queue, alive, now_ms)
+  while true do
+    local first = redis.call('ZRANGE', queue, 0, 0)[1]
+    if not first then return false end
+    local meta = redis.call('HGET', alive, first)
+    local deadline, ttl
+    if meta then deadline, ttl = string.match(meta, '^(%d+):(%d+)$') end
+    if deadline and tonumber(deadline) >= now_ms then return first, ttl end
+    redis.call('ZREM', queue, first)
+    redis.call('HDEL', alive, first)
+  end
+end
+-- Set the lease for owner with a token that is max(INCR, TIME in us): never backwards, even
+-- after a restart without persistence.
+local function grant(lease, token_key, owner, ttl, now_ms, now_us)
+  local token = redis.call('INCR', token_key)
+  if token < now_us then
+    token = now_us
+    redis.call('SET', token_key, fmt(token))
+  end
+  local value = fmt(token) .. '|' .. fmt(now_ms) .. '|' .. owner
+  redis.call('SET', lease, value, 'PX', ttl)
+  return value
+end
+-- Give the lock to the first live waiter and push the grant to its wake list (a key under the
+-- same hash tag, so the same slot on Cluster). False when nobody waits.
+local function hand_off(lease, token_key, queue, alive, wake_prefix, keep, now_ms, now_us)
+  local head, ttl = live_head(queue, alive, now_ms)
+  if not head then return false end
+  local value = grant(lease, token_key, head, ttl, now_ms, now_us)
+  redis.call('ZREM', queue, head)
+  redis.call('HDEL', alive, head)
+  local wake = wake_prefix .. head
+  redis.call('LPUSH', wake, value)
+  redis.call('PEXPIRE', wake, keep)
+  return head
+end
+"""
+
+# KEYS: lease, token, queue, alive, seq, own wake list.
+# ARGV: owner, ttl ms, queue up (1/0), waiter ttl ms.
+# Returns {1, lease value, lease pttl} or {0, lease pttl, 1 if the caller is first in line}.
+CLAIM = (
+    LIB
+    + """
+local now_ms, now_us = clock()
+local owner = ARGV[1]
+local current = redis.call('GET', KEYS[1])
+if owned_by(current, owner) then
+  -- handed to us by a release since our last look (its push may still be on its way)
+  redis.call('DEL', KEYS[6])
+  return {1, current, redis.call('PTTL', KEYS[1])}
+end
+local head = live_head(KEYS[3], KEYS[4], now_ms)
+if not current and (not head or head == owner) then
+  local value = grant(KEYS[1], KEYS[2], owner, ARGV[2], now_ms, now_us)
+  if head then
+    redis.call('ZREM', KEYS[3], owner)
+    redis.call('HDEL', KEYS[4], owner)
+  end
+  redis.call('DEL', KEYS[6])
+  return {1, value, tonumber(ARGV[2])}
+end
+if ARGV[3] == '1' then
+  if not redis.call('ZSCORE', KEYS[3], owner) then
+    redis.call('ZADD', KEYS[3], redis.call('INCR', KEYS[5]), owner)
+    if not head then head = owner end
+  end
+  local wttl = tonumber(ARGV[4])
+  local keep = fmt(wttl * 10)
+  redis.call('HSET', KEYS[4], owner, fmt(now_ms + wttl) .. ':' .. ARGV[2])
+  redis.call('PEXPIRE', KEYS[3], keep)
+  redis.call('PEXPIRE', KEYS[4], keep)
+  redis.call('PEXPIRE', KEYS[5], keep)
+  -- the lease is not ours now, so anything in our wake list is an old grant that was lost since
+  redis.call('DEL', KEYS[6])
+end
+return {0, redis.call('PTTL', KEYS[1]), head == owner and 1 or 0}
+"""
+)
+
+# KEYS: lease, token, queue, alive. ARGV: lease value, wake prefix, wake list ttl ms. Returns 1 or 0.
+RELEASE = (
+    LIB
+    + """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+local now_ms, now_us = clock()
+if not hand_off(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[2], ARGV[3], now_ms, now_us) then
+  redis.call('DEL', KEYS[1])
+end
+return 1
+"""
+)
+
+# KEYS: lease. ARGV: lease value, ttl ms.
+EXTEND = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return 1
+"""
+
+# KEYS: lease, token, queue, alive. ARGV: expected token or '', wake prefix, wake list ttl ms.
+# Returns {0} or {1, the broken lease's value, its pttl}.
+FORCE_RELEASE = (
+    LIB
+    + """
+local value = redis.call('GET', KEYS[1])
+if not value then return {0} end
+if ARGV[1] ~= '' and string.sub(value, 1, #ARGV[1] + 1) ~= ARGV[1] .. '|' then return {0} end
+local pttl = redis.call('PTTL', KEYS[1])
+local now_ms, now_us = clock()
+if not hand_off(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[2], ARGV[3], now_ms, now_us) then
+  redis.call('DEL', KEYS[1])
+end
+return {1, value, pttl}
+"""
+)
+
+# A waiter gives up (timeout, error, cancellation). KEYS: lease, token, queue, alive, own wake list.
+# ARGV: owner, wake prefix, wake list ttl ms. A grant it may have received unseen is passed on.
+DEQUEUE = (
+    LIB
+    + """
+redis.call('ZREM', KEYS[3], ARGV[1])
+redis.call('HDEL', KEYS[4], ARGV[1])
+redis.call('DEL', KEYS[5])
+local current = redis.call('GET', KEYS[1])
+if current and not owned_by(current, ARGV[1]) then return 0 end
+local now_ms, now_us = clock()
+if not hand_off(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[2], ARGV[3], now_ms, now_us) and current then
+  redis.call('DEL', KEYS[1])
+end
+return 1
+"""
+)
+
+LEASE_PATTERN = "{rmlock:*}:lease"
+
+
+class Keys:
+    """The keys of one lock name (see the module docstring)."""
+
+    def __init__(self, name: str) -> None:
+        self.tag = "{rmlock:" + name + "}"
+        self.lease = self.tag + ":lease"
+        self.token = self.tag + ":token"
+        self.queue = self.tag + ":queue"
+        self.alive = self.tag + ":alive"
+        self.seq = self.tag + ":seq"
+        self.wake_prefix = self.tag + ":wake:"
+
+    def wake(self, owner: str) -> str:
+        return self.wake_prefix + owner
+
+
+def name_of(lease_key: str) -> str:
+    return lease_key[len("{rmlock:") : -len("}:lease")]
+
+
+def ms(seconds: float) -> int:
+    return max(1, int(seconds * 1000 + 0.5))
+
+
+def from_ms(value: int | str) -> datetime:
+    return datetime.fromtimestamp(int(value) / 1000, tz=UTC)
+
+
+def lease_value(lease: Lease) -> str:
+    return lease.handle
+
+
+class RedisLockBackend(BaseLockBackend):
+    """Locks in the Redis at ``LOCATION``; ``OPTIONS`` are passed to redis-py's client."""
+
+    def __init__(self, alias: str, params: dict[str, Any]) -> None:
+        super().__init__(alias, params)
+        if not self.location:
+            raise ImproperlyConfigured(f"LOCKS[{alias!r}] needs a LOCATION (a redis:// URL).")
+        kwargs = dict(self.options)
+        kwargs["decode_responses"] = True
+        if "socket_timeout" in kwargs:
+            kwargs.setdefault("socket_connect_timeout", kwargs["socket_timeout"])
+        # One quick retry on a dropped connection (a pooled socket the server closed); redis-py's
+        # default (10 retries with backoff) would stall a lock call for seconds when Redis is down.
+        kwargs.setdefault("retry", Retry(NoBackoff(), 1))
+        try:
+            self.client = redis.Redis.from_url(self.location, **kwargs)
+            pool = self.client.connection_pool
+            pool.connection_class(**pool.connection_kwargs)  # unconnected: rejects unknown OPTIONS now
+        except (TypeError, ValueError) as exc:
+            raise ImproperlyConfigured(f"LOCKS[{alias!r}] has a bad LOCATION or OPTIONS: {exc}") from exc
+        socket_timeout = kwargs.get("socket_timeout")
+        # A BLPOP must return before the socket times out.
+        self.max_block = 1.0 if not socket_timeout else max(0.01, min(1.0, socket_timeout / 2))
+        self._claim = self.client.register_script(CLAIM)
+        self._release_script = self.client.register_script(RELEASE)
+        self._extend_script = self.client.register_script(EXTEND)
+        self._force = self.client.register_script(FORCE_RELEASE)
+        self._dequeue = self.client.register_script(DEQUEUE)
+
+    def store_key(self) -> tuple:
+        kwargs = self.client.connection_pool.connection_kwargs
+        return (type(self).__name__, kwargs.get("host"), kwargs.get("port"), kwargs.get("path"), kwargs.get("db"))
+
+    def close(self) -> None:
+        self.client.close()
+
+    def call(self, fn, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except REDIS_ERRORS as exc:
+            raise unavailable(self.alias, exc) from exc
+
+    @staticmethod
+    def hand_off_args(keys: Keys) -> list:
+        return [keys.wake_prefix, ms(lock_settings.WAITER_TTL * 2)]
+
+    def _waiter(self, name: str, owner: str, ttl: float) -> Waiter:
+        return RedisWaiter(self, name, owner, ttl)
+
+    # --- owner-checked primitives ------------------------------------------------------------
+
+    def _release(self, lease: Lease) -> bool:
+        keys = Keys(lease.name)
+        result = self.call(
+            self._release_script,
+            keys=[keys.lease, keys.token, keys.queue, keys.alive],
+            args=[lease_value(lease), *self.hand_off_args(keys)],
+        )
+        return result == 1
+
+    def _extend(self, lease: Lease, ttl: float) -> datetime | None:
+        keys = Keys(lease.name)
+        ok = self.call(self._extend_script, keys=[keys.lease], args=[lease_value(lease), ms(ttl)])
+        return timezone.now() + timedelta(seconds=ttl) if ok == 1 else None
+
+    def _verify(self, lease: Lease) -> bool:
+        return self.call(self.client.get, Keys(lease.name).lease) == lease_value(lease)
+
+    # --- operators ------------------------------------------------------------------------------
+
+    def held(self) -> list[LeaseInfo]:
+        def read() -> list[LeaseInfo]:
+            keys = list(self.client.scan_iter(match=LEASE_PATTERN, count=1000))
+            if not keys:
+                return []
+            pipe = self.client.pipeline(transaction=False)
+            for key in keys:
+                pipe.get(key)
+                pipe.pttl(key)
+            replies = pipe.execute()
+            now = timezone.now()
+            infos = []
+            for key, value, pttl in zip(keys, replies[::2], replies[1::2], strict=True):
+                if value is None or pttl is None or pttl < 0:
+                    continue
+                token, acquired, owner = value.split("|", 2)
+                expires = now + timedelta(milliseconds=pttl)
+                infos.append(LeaseInfo(name_of(key), owner, int(token), from_ms(acquired), expires, self.alias))
+            return sorted(infos, key=lambda info: info.acquired_at)
+
+        return self.call(read)
+
+    def force_release(self, name: str, *, actor: Any, token: int | None = None) -> bool:
+        """Break the lease of ``name`` (handing the lock to the next waiter), then write the audit entry."""
+        validate_name(name)
+        actor_label(actor)
+        keys = Keys(name)
+        expected = "" if token is None else str(int(token))
+        result = self.call(
+            self._force,
+            keys=[keys.lease, keys.token, keys.queue, keys.alive],
+            args=[expected, *self.hand_off_args(keys)],
+        )
+        if result[0] != 1:
+            return False
+        value, pttl = result[1], int(result[2])
+        found_token, acquired, owner = value.split("|", 2)
+        expires_at = timezone.now() + timedelta(milliseconds=max(pttl, 0))
+        info = LeaseInfo(name, owner, int(found_token), from_ms(acquired), expires_at, self.alias)
+        # Redis and the database share no transaction: the audit entry is written right after the
+        # delete, and if that write fails the error reaches the operator.
+        self.record_force_release(info, actor=actor)
+        return True
+
+
+class RedisWaiter(Waiter):
+    """One acquire call on Redis: its place in line, its wake list, a grant handed to it."""
+
+    def __init__(self, backend: RedisLockBackend, name: str, owner: str, ttl: float) -> None:
+        self.backend = backend
+        self.name = name
+        self.owner = owner
+        self.ttl = ttl
+        self.keys = Keys(name)
+        self.wake_key = self.keys.wake(owner)
+        self.queued = False
+        self.pttl = -2
+        self.first = False
+        self.last_sent = 0.0
+        self.handed: str | None = None
+
+    def grant(self, value: str, sent: float) -> Grant:
+        token, acquired_ms, _ = value.split("|", 2)
+        acquired_at = from_ms(acquired_ms)
+        self.queued = False
+        return Grant(int(token), acquired_at, acquired_at + timedelta(seconds=self.ttl), sent, value)
+
+    def try_claim(self, *, enqueue: bool) -> Grant | None:
+        handed, self.handed = self.handed, None
+        # A grant pushed by a release happened after our last claim was sent, so that send time is
+        # a safe start for the lease; an old push (we paused past the ttl) is checked by a claim.
+        if handed is not None and time.monotonic() < self.last_sent + self.ttl * 0.9:
+            return self.grant(handed, self.last_sent)
+        keys = self.keys
+        sent = time.monotonic()
+        result = self.backend.call(
+            self.backend._claim,
+            keys=[keys.lease, keys.token, keys.queue, keys.alive, keys.seq, self.wake_key],
+            args=[self.owner, ms(self.ttl), "1" if enqueue else "0", ms(lock_settings.WAITER_TTL)],
+        )
+        self.last_sent = sent
+        if result[0] == 1:
+            # Count the lease from what is left of it: a lease handed to us earlier has less.
+            left = int(result[2]) / 1000
+            return self.grant(result[1], sent - max(0.0, self.ttl - left))
+        self.queued = self.queued or enqueue
+        self.pttl = int(result[1])
+        self.first = result[2] == 1
+        return None
+
+    def wait(self, remaining: float) -> None:
+        timeout = jittered(lock_settings.WAITER_TTL / 3, random.random)  # noqa: S311 (jitter, not a secret)
+        if self.first and self.pttl > 0:
+            timeout = self.pttl / 1000 + 0.002  # the holder may die: retry the moment its lease runs out
+        timeout = max(0.001, min(timeout, remaining, self.backend.max_block))
+        popped = self.backend.call(self.backend.client.blpop, [self.wake_key], timeout=timeout)
+        if popped:
+            self.handed = popped[1]
+
+    def abandon(self, *, after_error: bool) -> None:
+        """Leave the line; a grant handed to us meanwhile (or lost with an error) goes to the next waiter."""
+        if not (self.queued or after_error or self.handed):
+            return
+        self.queued = False
+        self.handed = None
+        keys = self.keys
+        self.backend.call(
+            self.backend._dequeue,
+            keys=[keys.lease, keys.token, keys.queue, keys.alive, self.wake_key],
+            args=[self.owner, *self.backend.hand_off_args(keys)],
+        )

@@ -1,0 +1,15 @@
+"""Signals of the ``locks`` app: monitoring listens, locks never imports it.
+
+Each is sent with ``sender`` = the backend class and keyword arguments ``name``, ``token``,
+``owner`` and ``backend`` (the alias); ``lock_acquired`` adds ``contended`` (the first try
+found the lock held) and ``lock_lost`` adds ``reason``. Receivers run in the caller's thread,
+inside every grant and release: keep them cheap (a slow receiver slows every lock).
+"""
+
+from __future__ import annotations
+
+from django.dispatch import Signal
+
+lock_acquired = Signal()
+lock_released = Signal()
+lock_lost = Signal()
