@@ -22,8 +22,9 @@ run: $(VENV)/.runtime
 	$(PY) manage.py migrate --noinput
 	$(PY) manage.py collectstatic --noinput --verbosity 0
 	$(PY) manage.py ensure_admin --url http://$(HOST):$(PORT)/admin/
-	@echo "Ringmaster: http://$(HOST):$(PORT)/  (admin: http://$(HOST):$(PORT)/admin/)"
-	RM_HOST=$(HOST) RM_PORT=$(PORT) exec $(VENV)/bin/honcho start -f Procfile
+	@echo "Ringmaster: http://$(HOST):$(PORT)/dashboard/  (admin: http://$(HOST):$(PORT)/admin/)"
+	@echo "Chaos: $(PY) manage.py chaos --kill node-2   (then --restart node-2; also --pause / --resume)"
+	RINGMASTER_DEMO=$${RINGMASTER_DEMO:-1} RM_HOST=$(HOST) RM_PORT=$(PORT) exec $(VENV)/bin/honcho start -f Procfile
 
 ## test: the whole suite, on PostgreSQL + Redis and on the embedded default.
 test: $(VENV)/.dev

@@ -11,7 +11,8 @@ from django.utils import timezone
 
 from . import services
 from .exceptions import IllegalTransition, UnknownNode
-from .models import MembershipEvent, Node, NodeState, RingEpoch
+from .jobs import job_requeue, job_retry
+from .models import Job, MembershipEvent, Node, NodeState, RingEpoch
 from .ring import HashRing, RebalancePlan
 from .selectors import current_ring
 
@@ -184,3 +185,49 @@ class RingEpochAdmin(admin.ModelAdmin):
 
     def has_change_permission(self, request: HttpRequest, obj=None) -> bool:
         return False
+
+
+@admin.register(Job)
+class JobAdmin(admin.ModelAdmin):
+    list_display = ("id", "task_name", "state", "owner_node", "ran_on", "attempts", "dispatch", "created_at", "took")
+    list_filter = ("state", "task_name", "owner_node")
+    search_fields = ("=id", "routing_key", "idempotency_key", "lock_name")
+    date_hierarchy = "created_at"
+    show_full_result_count = False
+    list_per_page = 50
+    actions = ("retry_jobs", "requeue_jobs")
+    readonly_fields = [f.name for f in Job._meta.fields]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj=None) -> bool:
+        # The list and its actions need the permission; a job's own fields are the system's.
+        return obj is None and super().has_change_permission(request)
+
+    @admin.display(description="took")
+    def took(self, job: Job) -> str:
+        if job.started_at and job.finished_at:
+            return f"{(job.finished_at - job.started_at).total_seconds():.2f} s"
+        return "—"
+
+    def _act(self, request: HttpRequest, queryset, action, label: str) -> None:
+        done, errors = 0, []
+        for job in queryset:
+            try:
+                action(job=job, actor=request.user.get_username())
+                done += 1
+            except ValueError as exc:
+                errors.append(str(exc))
+        if done:
+            self.message_user(request, f"{label}: {done} job(s) sent again.", messages.SUCCESS)
+        for error in errors:
+            self.message_user(request, error, messages.ERROR)
+
+    @admin.action(description="Retry selected failed jobs", permissions=["change"])
+    def retry_jobs(self, request, queryset):
+        self._act(request, queryset, job_retry, "Retry")
+
+    @admin.action(description="Requeue selected open jobs to their key's current owner", permissions=["change"])
+    def requeue_jobs(self, request, queryset):
+        self._act(request, queryset, job_requeue, "Requeue")

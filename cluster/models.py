@@ -101,3 +101,50 @@ class ClusterState(models.Model):
 
     def __str__(self) -> str:
         return f"cluster at epoch {self.epoch}"
+
+
+class JobState(models.TextChoices):
+    QUEUED = "queued", "queued"
+    RUNNING = "running", "running"
+    RETRYING = "retrying", "retrying"
+    SUCCEEDED = "succeeded", "succeeded"
+    FAILED = "failed", "failed"
+    REQUEUED = "requeued", "requeued"
+    DUPLICATE = "duplicate", "duplicate"
+
+
+# A job in one of these states may still run (or run again); the others are final.
+OPEN_JOB_STATES = frozenset({JobState.QUEUED, JobState.RUNNING, JobState.RETRYING, JobState.REQUEUED})
+
+
+class Job(models.Model):
+    """One call of a ``cluster_task``: where it was routed, how it ran, how it ended."""
+
+    id = models.UUIDField(primary_key=True, editable=False)  # the Celery task id
+    task_name = models.CharField(max_length=200, db_index=True)
+    args = models.JSONField(null=True, blank=True)  # None when over the size cap; the digest stays
+    args_digest = models.CharField(max_length=64)
+    routing_key = models.CharField(max_length=255, blank=True, default="", db_index=True)
+    lock_name = models.CharField(max_length=255, blank=True, default="")
+    idempotency_key = models.CharField(max_length=255, blank=True, default="")
+    owner_node = models.CharField(max_length=100, blank=True, default="", db_index=True)
+    # Bumped on every re-dispatch; a message carrying an older number is stale and is dropped.
+    dispatch = models.PositiveIntegerField(default=1)
+    state = models.CharField(max_length=16, choices=JobState.choices, default=JobState.QUEUED, db_index=True)
+    attempts = models.PositiveIntegerField(default=0)
+    lock_token = models.BigIntegerField(null=True, blank=True)
+    ran_on = models.CharField(max_length=100, blank=True, default="")
+    ran_on_incarnation = models.PositiveIntegerField(null=True, blank=True)
+    error = models.TextField(blank=True, default="")
+    result = models.JSONField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["owner_node", "state"], name="job_owner_state")]
+
+    def __str__(self) -> str:
+        return f"{self.task_name} {self.id} ({self.state})"

@@ -12,14 +12,20 @@ import time
 
 from django.db.models import QuerySet
 
-from .models import ClusterState, MembershipEvent, Node, NodeState
+from .models import ClusterState, MembershipEvent, Node, NodeState, RingEpoch
 from .ring import HashRing
-from .services import ring_at
 from .settings import cluster_settings
 from .signals import membership_changed
 
 _cache_lock = threading.Lock()
 _cached: tuple[HashRing, float] | None = None  # (ring, monotonic time of the last epoch check)
+
+
+def ring_at(epoch: int) -> HashRing:
+    """The ring persisted with ``epoch`` (epoch 0, before any change, is the empty ring)."""
+    if epoch == 0:
+        return HashRing({}, partitions=cluster_settings.PARTITIONS)
+    return HashRing.from_dict(RingEpoch.objects.get(epoch=epoch).ring)
 
 
 def current_epoch() -> int:

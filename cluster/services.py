@@ -20,8 +20,10 @@ from django.db import transaction
 from django.utils import timezone
 
 from .exceptions import IllegalTransition, UnknownNode
+from .jobs import jobs_hand_over
 from .models import NODE_NAME_RE, TRANSITIONS, ClusterState, MembershipEvent, Node, NodeState, RingEpoch
 from .ring import HashRing
+from .selectors import ring_at
 from .settings import cluster_settings
 from .signals import membership_changed
 
@@ -51,13 +53,6 @@ def _lock_state() -> ClusterState:
     return ClusterState.objects.select_for_update().get(pk=1)
 
 
-def ring_at(epoch: int) -> HashRing:
-    """The ring persisted with ``epoch`` (epoch 0, before any change, is the empty ring)."""
-    if epoch == 0:
-        return HashRing({}, partitions=cluster_settings.PARTITIONS)
-    return HashRing.from_dict(RingEpoch.objects.get(epoch=epoch).ring)
-
-
 def _ring_add(ring: HashRing, node: Node) -> HashRing:
     return ring.add_node(node.name, weight=node.weight, zone=node.zone or DEFAULT_ZONE)
 
@@ -74,6 +69,7 @@ def _transition(
     reason: str,
     ring_change: RingChange | None = None,
     allow_same_state: bool = False,
+    hand_over_jobs: str = "",
     **fields: Any,
 ) -> MembershipEvent:
     name = node.name if isinstance(node, Node) else node
@@ -98,6 +94,14 @@ def _transition(
             locked.state = to_state
             locked.state_changed_at = timezone.now()
         locked.save()
+        if hand_over_jobs:
+            # In the same transaction as the change: the jobs move exactly when the node does.
+            jobs_hand_over(
+                node=name,
+                ring=ring if ring is not None else ring_at(state.epoch),
+                include_running=hand_over_jobs == "all",
+                reason=f"node {name}: {reason}",
+            )
         event = MembershipEvent.objects.create(
             node=locked,
             from_state=from_state,
@@ -186,7 +190,14 @@ def node_activate(*, node: Node | str, actor: str = "", reason: str = "activated
 
 def node_drain(*, node: Node | str, actor: str = "", reason: str = "drained") -> MembershipEvent:
     """``active -> draining``: the node's ranges move to the others; it finishes what it runs."""
-    return _transition(node=node, to_state=NodeState.DRAINING, actor=actor, reason=reason, ring_change=_ring_remove)
+    return _transition(
+        node=node,
+        to_state=NodeState.DRAINING,
+        actor=actor,
+        reason=reason,
+        ring_change=_ring_remove,
+        hand_over_jobs="queued",
+    )
 
 
 def node_leave(*, node: Node | str, actor: str = "", reason: str = "left") -> MembershipEvent:
@@ -201,7 +212,9 @@ def node_mark_suspect(*, node: Node | str, actor: str = "", reason: str = "suspe
 
 def node_mark_dead(*, node: Node | str, actor: str = "", reason: str = "declared dead") -> MembershipEvent:
     """``suspect -> dead``: the node leaves the ring and its ranges go to the next owners."""
-    return _transition(node=node, to_state=NodeState.DEAD, actor=actor, reason=reason, ring_change=_ring_remove)
+    return _transition(
+        node=node, to_state=NodeState.DEAD, actor=actor, reason=reason, ring_change=_ring_remove, hand_over_jobs="all"
+    )
 
 
 def node_rejoin(
@@ -227,6 +240,7 @@ def node_restart(*, node: Node | str, incarnation: int, actor: str = "") -> Memb
         actor=actor,
         reason=f"restarted as incarnation {incarnation}",
         allow_same_state=True,
+        hand_over_jobs="all",  # what the old process was running died with it
         incarnation=incarnation,
     )
 

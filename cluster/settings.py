@@ -15,5 +15,7 @@ cluster_settings = AppSettings(
         "RING_CHECK_INTERVAL": 1.0,
         # Ring snapshots kept (the event log keeps every change forever).
         "RING_HISTORY": 50,
+        # Finished job records older than this many days are deleted by the cluster.trim_jobs beat task.
+        "JOB_RETENTION_DAYS": 7,
     },
 )

@@ -64,6 +64,7 @@ INSTALLED_APPS = [
     "idempotency",
     "cluster",
     "monitoring",
+    "examples.ledger",
 ]
 
 MIDDLEWARE = [
@@ -73,6 +74,7 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "idempotency.middleware.IdempotencyMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
@@ -203,7 +205,9 @@ if CELERY_BROKER_URL == "filesystem://":
     CELERY_RESULT_BACKEND = "file://" + str(VAR_DIR / "celery-results")
     (VAR_DIR / "celery-results").mkdir(exist_ok=True)
 else:
-    CELERY_BROKER_TRANSPORT_OPTIONS = {"socket_connect_timeout": REDIS_SOCKET_TIMEOUT}
+    # Unacked messages come back after the visibility timeout; cluster_task's recovery moves a dead
+    # node's jobs much sooner, and the system check cluster.W001 keeps it above every lock TTL.
+    CELERY_BROKER_TRANSPORT_OPTIONS = {"socket_connect_timeout": REDIS_SOCKET_TIMEOUT, "visibility_timeout": 300}
     CELERY_RESULT_BACKEND = env.str("CELERY_RESULT_BACKEND", default="") or REDIS_URL or None
 CELERY_BROKER_CONNECTION_TIMEOUT = REDIS_SOCKET_TIMEOUT
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
@@ -212,6 +216,16 @@ CELERY_RESULT_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TIMEZONE = "UTC"
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
+# Periodic tasks run by `celery beat`; each app adds its own entry by name.
+CELERY_BEAT_SCHEDULE: dict = {}
+# The idempotency reaper: deletes expired records in batches (also `manage.py purge_idempotency`).
+CELERY_BEAT_SCHEDULE["idempotency-purge-expired"] = {"task": "idempotency.purge_expired", "schedule": 15 * 60.0}
+# Finished job records past their retention (RINGMASTER["CLUSTER"]["JOB_RETENTION_DAYS"]).
+CELERY_BEAT_SCHEDULE["cluster-trim-jobs"] = {"task": "cluster.trim_jobs", "schedule": 60 * 60.0}
+# The demo workload of `make run`: ledger transfers (duplicates included) every two seconds.
+RINGMASTER_DEMO = env.bool("RINGMASTER_DEMO", default=False)
+if RINGMASTER_DEMO:
+    CELERY_BEAT_SCHEDULE["ledger-demo-traffic"] = {"task": "ledger.demo_traffic", "schedule": 2.0}
 
 # --- Ringmaster ----------------------------------------------------------------------
 

@@ -32,7 +32,9 @@ def heartbeat_record(
     return beat
 
 
-def worker_node_start(*, name: str, address: str = "", zone: str = "", weight: float = 1.0) -> Node:
+def worker_node_start(
+    *, name: str, address: str = "", zone: str = "", weight: float = 1.0, metadata: dict | None = None
+) -> Node:
     """Register a starting worker as a node: a new node joins; a known one comes back with a new incarnation.
 
     The node is left ``joining`` (or as it was, if it was still alive): the sweeper activates it
@@ -41,8 +43,13 @@ def worker_node_start(*, name: str, address: str = "", zone: str = "", weight: f
     actor = f"worker {name}"
     node = Node.objects.filter(name=name).first()
     if node is None:
-        node, _token = cluster_services.node_join(name=name, address=address, zone=zone, weight=weight, actor=actor)
-    elif node.state in (NodeState.DEAD, NodeState.LEFT):
+        node, _token = cluster_services.node_join(
+            name=name, address=address, zone=zone, weight=weight, metadata=metadata, actor=actor
+        )
+        return node
+    if metadata is not None:
+        Node.objects.filter(pk=node.pk).update(metadata={**node.metadata, **metadata}, address=address)
+    if node.state in (NodeState.DEAD, NodeState.LEFT):
         cluster_services.node_rejoin(node=node, actor=actor, reason="worker started")
     else:
         cluster_services.node_restart(node=node, incarnation=node.incarnation + 1, actor=actor)

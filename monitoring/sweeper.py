@@ -107,8 +107,9 @@ class Sweeper:
         self._seen[name] = marker
         try:
             self.tracker.heartbeat(name, beat.received_at, incarnation=beat.incarnation)
-        except ValueError as exc:  # a beat older than one already fed (clock step): skip it, loudly
-            logger.warning("ignored a heartbeat of %s: %s", name, exc)
+        except ValueError as exc:
+            # Older than what the tracker already counts (e.g. the moment the node was added): stale news.
+            logger.debug("ignored a heartbeat of %s: %s", name, exc)
 
     def _apply(self, verdict: Verdict, beat: Beat | None) -> None:
         reason = f"{verdict.reason} (phi {verdict.phi:.1f})"[:255]

@@ -1,4 +1,4 @@
-"""Dashboard URLs (mounted at /dashboard/ by config/urls.py)."""
+"""Dashboard URLs (mounted at /dashboard/ by config/urls.py; the live stream is /ws/cluster/)."""
 
 from django.urls import path
 
@@ -8,4 +8,7 @@ app_name = "dashboard"
 
 urlpatterns = [
     path("", dashboard.overview, name="overview"),
+    path("ring/", dashboard.ring, name="ring"),
+    path("locks/", dashboard.locks, name="locks"),
+    path("idempotency/", dashboard.idempotency, name="idempotency"),
 ]

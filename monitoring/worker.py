@@ -7,19 +7,16 @@ import os
 import threading
 from typing import Any
 
-from celery.signals import worker_ready, worker_shutdown
+from celery.signals import celeryd_after_setup, worker_ready, worker_shutdown
 from django.db import close_old_connections
+
+from cluster.routing import SHARED_QUEUE, node_name_for, node_queue
 
 from .heartbeats import HeartbeatStoreUnavailable
 from .services import heartbeat_record, worker_node_start, worker_node_stop
 from .settings import monitoring_settings
 
 logger = logging.getLogger(__name__)
-
-
-def node_name_for(hostname: str) -> str:
-    """``RINGMASTER_NODE_NAME``, else the worker's ``-n`` name before the ``@`` (``node-1@host`` -> ``node-1``)."""
-    return os.environ.get("RINGMASTER_NODE_NAME") or hostname.split("@", 1)[0]
 
 
 class HeartbeatThread(threading.Thread):
@@ -52,12 +49,24 @@ class HeartbeatThread(threading.Thread):
 _thread: HeartbeatThread | None = None
 
 
+@celeryd_after_setup.connect(dispatch_uid="ringmaster-worker-queues")
+def _on_worker_setup(sender: str, instance: Any, **kwargs: Any) -> None:
+    # Each node consumes its own queue (jobs routed to it) and the shared one (jobs with no key).
+    name = node_name_for(sender)
+    for queue in (node_queue(name), SHARED_QUEUE):
+        instance.app.amqp.queues.select_add(queue)
+
+
 @worker_ready.connect(dispatch_uid="ringmaster-worker-ready")
 def _on_worker_ready(sender: Any = None, **kwargs: Any) -> None:
     global _thread
     hostname = getattr(sender, "hostname", None) or os.uname().nodename
     name = node_name_for(hostname)
-    node = worker_node_start(name=name, address=hostname)
+    node = worker_node_start(
+        name=name,
+        address=hostname,
+        metadata={"queues": [node_queue(name), SHARED_QUEUE], "pid": os.getpid()},
+    )
     close_old_connections()
     _thread = HeartbeatThread(node=name, incarnation=node.incarnation)
     _thread.start()

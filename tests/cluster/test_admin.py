@@ -82,3 +82,30 @@ def test_events_are_read_only_and_filterable(admin_client_, three_nodes):
     change = admin_client_.post(reverse("admin:cluster_membershipevent_change", args=[event.pk]), {"reason": "x"})
     assert change.status_code == 403
     assert admin_client_.get(url, {"epoch": "2"}).status_code == 200
+
+
+def test_job_admin_lists_and_retries_failed_jobs(admin_client_):
+    from cluster.models import Job
+    from tests.cluster import tasks_for_tests as t
+
+    job_id = t.explode.delay(op_id="adm").id
+    t.explode.celery_task.apply(args=(job_id, 1), kwargs={"kwargs": {"op_id": "adm"}}, task_id=job_id)
+    url = reverse("admin:cluster_job_changelist")
+    listing = admin_client_.get(url, {"state__exact": "failed"})
+    assert listing.status_code == 200 and job_id in listing.content.decode()
+    response = admin_client_.post(url, {"action": "retry_jobs", ACTION_CHECKBOX_NAME: [job_id]}, follow=True)
+    assert "1 job(s) sent again" in response.content.decode()
+    assert Job.objects.get(pk=job_id).state == "requeued"
+
+
+def test_job_actions_need_the_change_permission(client, staff_user):
+    from cluster.models import Job
+    from tests.cluster import tasks_for_tests as t
+
+    job_id = t.plain.delay(name="p").id
+    client.force_login(staff_user)  # staff, but no cluster permissions
+    response = client.post(
+        reverse("admin:cluster_job_changelist"), {"action": "requeue_jobs", ACTION_CHECKBOX_NAME: [job_id]}
+    )
+    assert response.status_code == 403
+    assert Job.objects.get(pk=job_id).dispatch == 1

@@ -1,0 +1,334 @@
+"""Writes of the idempotency app: claim a key, complete, release and renew it, purge expired records.
+
+The claim is one ``INSERT ... ON CONFLICT (scope, key) DO UPDATE ... RETURNING *`` (PostgreSQL,
+and SQLite >= 3.35) that inserts a fresh record (we hold the key, fencing token 1) or returns the
+existing row, counting a replay when it is completed with our fingerprint. So a replay costs one
+statement and a first request two (the claim and the completion). There is never a
+check-then-insert: the unique constraint on (scope, key) decides every race.
+
+A record whose holder's lease ran out (same fingerprint), or that has expired, is taken over by
+a conditional UPDATE that bumps the fencing token ``WHERE fencing_token = <the one we read>``:
+of several racing attempts exactly one wins, and the old holder's later writes are refused.
+
+Later writes are conditional on the fencing token (``locks.fencing.fenced_update`` for the
+completion), so a holder that lost its lease cannot overwrite its successor.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.db import connections
+from django.db.models import Q
+from django.utils import timezone
+
+from locks.fencing import StaleFencingToken, fenced_update
+
+from .models import IdempotencyRecord
+from .settings import idempotency_settings
+
+logger = logging.getLogger("idempotency")
+
+CLAIMED = "claimed"
+REPLAY = "completed"
+IN_PROGRESS = "in_progress"
+MISMATCH = "mismatch"
+
+_HOST = socket.gethostname()
+
+
+@dataclass(frozen=True)
+class Claim:
+    """What a claim attempt found: ``outcome`` is one of claimed, completed, in_progress, mismatch."""
+
+    outcome: str
+    record: IdempotencyRecord
+    now: datetime
+
+    @property
+    def token(self) -> int:
+        return self.record.fencing_token
+
+    @property
+    def retry_after(self) -> int:
+        """Whole seconds until the holder's lease runs out (at least 1): the Retry-After to send."""
+        if self.record.locked_until is None:
+            return 1
+        remaining = (self.record.locked_until - self.now).total_seconds()
+        return max(1, int(remaining + 0.999))
+
+
+def database_alias() -> str:
+    return idempotency_settings.DATABASE
+
+
+def new_owner() -> str:
+    """A name for one attempt, unique across hosts, processes and attempts."""
+    return f"{_HOST[:180]}:{os.getpid()}:{uuid.uuid4().hex}"
+
+
+def _claim_sql(connection) -> str:
+    qn = connection.ops.quote_name
+    table = qn(IdempotencyRecord._meta.db_table)
+    col = {f.name: qn(f.column) for f in IdempotencyRecord._meta.concrete_fields}
+    inserted = {
+        "scope": "%(scope)s",
+        "key": "%(key)s",
+        "fingerprint": "%(fingerprint)s",
+        "state": "'in_progress'",
+        "response_status": "NULL",
+        "response_headers": "'[]'",
+        "response_body": "NULL",
+        "result": "NULL",
+        "locked_until": "%(locked_until)s",
+        "owner": "%(owner)s",
+        "fencing_token": "1",
+        "created_at": "%(now)s",
+        "completed_at": "NULL",
+        "expires_at": "%(expires_at)s",
+        "replay_count": "0",
+    }
+    # DO UPDATE (rather than DO NOTHING) so that the existing row comes back in the same round trip;
+    # it only counts a replay. Only quoted names from the model's _meta are interpolated here, every
+    # value is a bound parameter. Kept short on purpose: PostgreSQL plans it on every execution.
+    return (
+        f"INSERT INTO {table} AS r ({', '.join(col[name] for name in inserted)})"  # noqa: S608
+        f" VALUES ({', '.join(inserted.values())})"
+        f" ON CONFLICT ({col['scope']}, {col['key']}) DO UPDATE SET {col['replay_count']} = CASE"
+        f" WHEN r.{col['state']} = 'completed' AND r.{col['fingerprint']} = excluded.{col['fingerprint']}"
+        f" AND r.{col['expires_at']} > %(now)s THEN r.{col['replay_count']} + 1 ELSE r.{col['replay_count']} END"
+        " RETURNING *"
+    )
+
+
+_claim_sql_cache: dict[str, str] = {}
+
+
+def _reclaimable(now: datetime, fingerprint: str) -> Q:
+    """Records a new attempt may take over: a dead holder's (same request), or any expired and not running."""
+    lease_dead = Q(state=IdempotencyRecord.State.IN_PROGRESS) & (
+        Q(locked_until__lte=now) | Q(locked_until__isnull=True)
+    )
+    completed = Q(state=IdempotencyRecord.State.COMPLETED)
+    return (Q(expires_at__lte=now) & (completed | lease_dead)) | (lease_dead & Q(fingerprint=fingerprint))
+
+
+def _is_reclaimable(record: IdempotencyRecord, now: datetime, fingerprint: str) -> bool:
+    lease_dead = record.state == IdempotencyRecord.State.IN_PROGRESS and (
+        record.locked_until is None or record.locked_until <= now
+    )
+    expired = record.expires_at <= now
+    completed = record.state == IdempotencyRecord.State.COMPLETED
+    return (expired and (completed or lease_dead)) or (lease_dead and record.fingerprint == fingerprint)
+
+
+def record_claim(
+    *,
+    scope: str,
+    key: str,
+    fingerprint: str,
+    ttl: timedelta,
+    lease_seconds: float | None = None,
+    owner: str | None = None,
+    now: datetime | None = None,
+    using: str | None = None,
+) -> Claim:
+    """Claim ``key`` in ``scope`` for this attempt, or learn who holds it.
+
+    One statement on the common paths (a fresh key, a replay, a key in flight, a mismatch); a
+    takeover of a dead holder's or an expired record adds one conditional UPDATE that bumps the
+    fencing token and only succeeds for one of several racing attempts.
+    """
+    using = using or database_alias()
+    now = now or timezone.now()
+    lease = lease_seconds if lease_seconds is not None else idempotency_settings.LEASE_SECONDS
+    owner = owner or new_owner()
+    connection = connections[using]
+    sql = _claim_sql_cache.get(connection.vendor)
+    if sql is None:
+        sql = _claim_sql_cache[connection.vendor] = _claim_sql(connection)
+    params = {
+        "scope": scope,
+        "key": key,
+        "fingerprint": fingerprint,
+        "owner": owner,
+        "now": now,
+        "locked_until": now + timedelta(seconds=lease),
+        "expires_at": now + ttl,
+    }
+    # A lost takeover race (or a record deleted meanwhile) sends us round again; each round some
+    # attempt makes progress, so a few rounds always settle.
+    for _ in range(5):
+        record = list(IdempotencyRecord.objects.using(using).raw(sql, params))[0]
+        if isinstance(record.response_body, memoryview):
+            record.response_body = record.response_body.tobytes()
+        if record.owner == owner:
+            return Claim(CLAIMED, record, now)
+        if _is_reclaimable(record, now, fingerprint):
+            taken = _take_over(record, fingerprint=fingerprint, owner=owner, params=params, using=using)
+            if taken is not None:
+                return Claim(CLAIMED, taken, now)
+            continue
+        if record.fingerprint != fingerprint:
+            return Claim(MISMATCH, record, now)
+        if record.state == IdempotencyRecord.State.COMPLETED:
+            return Claim(REPLAY, record, now)
+        return Claim(IN_PROGRESS, record, now)
+    raise RuntimeError(f"could not settle the claim of idempotency key {key!r} in scope {scope!r}")
+
+
+def _take_over(
+    record: IdempotencyRecord, *, fingerprint: str, owner: str, params: dict, using: str
+) -> IdempotencyRecord | None:
+    """Claim a reclaimable record for us with the next fencing token; None if another attempt won."""
+    now = params["now"]
+    token = record.fencing_token + 1
+    fresh = {
+        "fingerprint": fingerprint,
+        "state": IdempotencyRecord.State.IN_PROGRESS,
+        "owner": owner,
+        "locked_until": params["locked_until"],
+        "fencing_token": token,
+        "created_at": now,
+        "expires_at": params["expires_at"],
+        "response_status": None,
+        "response_headers": [],
+        "response_body": None,
+        "result": None,
+        "completed_at": None,
+        "replay_count": 0,
+    }
+    updated = (
+        IdempotencyRecord.objects.using(using)
+        .filter(_reclaimable(now, fingerprint), pk=record.pk, fencing_token=record.fencing_token)
+        .update(**fresh)
+    )
+    if not updated:
+        return None
+    logger.info(
+        "idempotency key taken over scope=%s key=%s token=%s previous_owner=%s owner=%s",
+        record.scope,
+        record.key,
+        token,
+        record.owner,
+        owner,
+    )
+    for name, value in fresh.items():
+        setattr(record, name, value)
+    return record
+
+
+def record_complete(
+    *,
+    record: IdempotencyRecord,
+    token: int,
+    ttl: timedelta,
+    response_status: int | None = None,
+    response_headers: list[list[str]] | None = None,
+    response_body: bytes | None = None,
+    result: Any = None,
+    now: datetime | None = None,
+    using: str | None = None,
+) -> None:
+    """Store the outcome of the attempt holding ``token``; raise ``StaleFencingToken`` if it lost the key.
+
+    Call it inside the transaction of the work's own writes, so both commit or neither does.
+    """
+    using = using or database_alias()
+    now = now or timezone.now()
+    pending = IdempotencyRecord.objects.using(using).filter(pk=record.pk, state=IdempotencyRecord.State.IN_PROGRESS)
+    try:
+        written = fenced_update(
+            pending,
+            token=token,
+            token_field="fencing_token",  # noqa: S106 (a column name, not a password)
+            state=IdempotencyRecord.State.COMPLETED,
+            response_status=response_status,
+            response_headers=response_headers or [],
+            response_body=response_body,
+            result=result,
+            completed_at=now,
+            expires_at=now + ttl,
+            locked_until=None,
+        )
+    except StaleFencingToken:
+        written = 0  # a successor holds the key with a newer token
+    if written == 0:
+        # The record was completed by a successor, or deleted (admin, reaper) after our lease ran out.
+        logger.warning(
+            "idempotency: stale completion rejected scope=%s key=%s token=%s owner=%s",
+            record.scope,
+            record.key,
+            token,
+            record.owner,
+        )
+        raise StaleFencingToken(token, target=f"idempotency record {record.scope!r} {record.key!r}")
+
+
+def record_release(*, record: IdempotencyRecord, token: int, using: str | None = None) -> bool:
+    """Give the key up (the attempt failed) so a retry can run; False if it was no longer ours."""
+    using = using or database_alias()
+    deleted, _ = (
+        IdempotencyRecord.objects.using(using)
+        .filter(pk=record.pk, fencing_token=token, state=IdempotencyRecord.State.IN_PROGRESS)
+        .delete()
+    )
+    return deleted > 0
+
+
+def record_renew_lease(
+    *, record_id: int, token: int, lease_seconds: float, now: datetime | None = None, using: str | None = None
+) -> bool:
+    """Extend the lease of the attempt holding ``token``; False if it has lost the key."""
+    using = using or database_alias()
+    now = now or timezone.now()
+    updated = (
+        IdempotencyRecord.objects.using(using)
+        .filter(pk=record_id, fencing_token=token, state=IdempotencyRecord.State.IN_PROGRESS)
+        .update(locked_until=now + timedelta(seconds=lease_seconds))
+    )
+    return updated > 0
+
+
+def _purgeable(now: datetime) -> Q:
+    # An expired record whose holder is still inside its lease is left alone: deleting it would let a
+    # duplicate start while the first attempt still runs.
+    live = Q(state=IdempotencyRecord.State.IN_PROGRESS, locked_until__gt=now)
+    return Q(expires_at__lte=now) & ~live
+
+
+def records_purge_expired(
+    *, now: datetime | None = None, batch_size: int | None = None, using: str | None = None
+) -> int:
+    """Delete expired records in batches (each one short statement on the expires_at index); return how many."""
+    using = using or database_alias()
+    now = now or timezone.now()
+    batch_size = batch_size or idempotency_settings.REAPER_BATCH_SIZE
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    records = IdempotencyRecord.objects.using(using)
+    total = 0
+    while True:
+        ids = list(records.filter(_purgeable(now)).order_by("expires_at").values_list("pk", flat=True)[:batch_size])
+        if not ids:
+            break
+        deleted, _ = records.filter(_purgeable(now), pk__in=ids).delete()
+        total += deleted
+        if len(ids) < batch_size:
+            break
+    if total:
+        logger.info("idempotency reaper deleted %d expired records", total)
+    return total
+
+
+def records_expire(*, ids: list[int], now: datetime | None = None, using: str | None = None) -> int:
+    """Make records expire now: the next request with their key runs afresh, and the reaper deletes them."""
+    using = using or database_alias()
+    now = now or timezone.now()
+    return IdempotencyRecord.objects.using(using).filter(pk__in=ids).update(expires_at=now)
