@@ -45,7 +45,8 @@ def redis_settings(url: str) -> dict:
 
 @pytest.fixture
 def broker_at():
-    """Point the Celery app's broker somewhere for one test."""
+    """Point the Celery app's broker somewhere for one test (readyz opens a fresh connection each time;
+    the app's publishing pools are left alone: closing them would break later tests)."""
     from celery import current_app
 
     saved = current_app.conf.broker_url, current_app.conf.broker_transport_options
@@ -53,11 +54,9 @@ def broker_at():
     def point(url: str) -> None:
         current_app.conf.broker_url = url
         current_app.conf.broker_transport_options = {"socket_connect_timeout": 1}
-        current_app.pool.force_close_all()
 
     yield point
     current_app.conf.broker_url, current_app.conf.broker_transport_options = saved
-    current_app.pool.force_close_all()
 
 
 @pytest.mark.slow
