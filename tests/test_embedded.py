@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import os
-import subprocess
 import sys
 import time
 
 import pytest
 from channels.layers import get_channel_layer
+
+from tests.processes import worker
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -17,6 +18,8 @@ SENDER = """
 import asyncio, django, sys
 django.setup()
 from channels.layers import get_channel_layer
+
+from tests.processes import worker
 asyncio.run(get_channel_layer().group_send("cluster-test", {"type": "cluster.event", "event": {"n": int(sys.argv[1])}}))
 """
 
@@ -76,31 +79,8 @@ def test_a_real_worker_runs_a_task_through_the_configured_broker():
     """Filesystem broker and file results in the embedded pass, Redis in the services pass."""
     from monitoring.tasks import ping
 
-    worker = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "config",
-            "worker",
-            "--pool",
-            "solo",
-            "--hostname",
-            "t1@%h",
-            "--loglevel",
-            "WARNING",
-            "--without-heartbeat",
-            "--without-mingle",
-            "--without-gossip",
-        ],
-        cwd=ROOT,
-    )
-    try:
+    with worker("t1", dict(os.environ)):
         started = time.monotonic()
         result = ping.delay()
         assert result.get(timeout=60)["pong"] is True
         assert time.monotonic() - started < 60
-    finally:
-        worker.terminate()
-        worker.wait(timeout=30)

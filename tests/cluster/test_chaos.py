@@ -21,23 +21,12 @@ from django.db import transaction
 from cluster.models import Job, MembershipEvent, Node
 from examples.ledger.models import Account, Transfer
 from examples.ledger.tasks import transfer
+from tests.processes import ROOT, start_worker, stop
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 NODES = ("chaos-a", "chaos-b", "chaos-c")
 ACCOUNTS = [f"acct-{i}" for i in range(8)]
 OPENING = 100_000
 UNIQUE, DUPLICATES = 400, 100
-
-
-def start_worker(name: str, env: dict) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "config", "worker", "--pool", "threads", "--concurrency", "4",
-         "--hostname", f"{name}@%h", "--loglevel", "WARNING", "--without-mingle", "--without-gossip",
-         "--without-heartbeat"],
-        cwd=ROOT,
-        env={**env, "RINGMASTER_NODE_NAME": name},
-        start_new_session=True,  # its own process group, so SIGKILL takes the whole worker down
-    )
 
 
 def wait_for(predicate, timeout: float, what: str) -> float:
@@ -72,7 +61,7 @@ def test_chaos_every_transfer_applied_exactly_once(child_env, redis_url):
     sweeper = subprocess.Popen([sys.executable, "manage.py", "sweeper"], cwd=ROOT, env=child_env)
     try:
         for name in NODES:
-            procs[name] = start_worker(name, child_env)
+            procs[name] = start_worker(name, child_env, pool="threads", concurrency=4)
         wait_for(lambda: set(states().values()) == {"active"} and len(states()) == 3, 90, "3 active nodes")
 
         rng = random.Random(7)
@@ -96,19 +85,12 @@ def test_chaos_every_transfer_applied_exactly_once(child_env, redis_url):
         os.killpg(procs["chaos-b"].pid, signal.SIGKILL)
         procs["chaos-b"].wait(timeout=10)
         wait_for(lambda: states()["chaos-b"] == "dead", 30, "the killed node to be marked dead")
-        procs["chaos-b"] = start_worker("chaos-b", child_env)
+        procs["chaos-b"] = start_worker("chaos-b", child_env, pool="threads", concurrency=4)
         wait_for(lambda: states()["chaos-b"] == "active", 60, "the restarted node to be active again")
 
         wait_for(lambda: open_jobs() == 0, 120, "every job to finish")
     finally:
-        for proc in [*procs.values(), sweeper]:
-            if proc.poll() is None:
-                proc.terminate()
-        for proc in [*procs.values(), sweeper]:
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop(*procs.values(), sweeper)
 
     # Exactly once: each transfer applied once, the ledger balances to the expected totals.
     applied = dict(Transfer.objects.values_list("transfer_id", "amount"))
