@@ -1,0 +1,31 @@
+"""Tasks of ``benchmarks/bench_jobs.py`` only: never imported by the app.
+
+Workers load this module with ``celery -A config worker -I jobs_bench_tasks`` (``benchmarks/`` on
+``PYTHONPATH``), so it registers nothing in a normal deployment. Both tasks do the same trivial work
+(build and return a small dict); the difference is everything ``cluster_task`` adds around it.
+"""
+
+from __future__ import annotations
+
+from celery import shared_task
+
+from cluster.tasks import JobContext, cluster_task
+
+CLUSTER_TASK_NAME = "bench_jobs.cluster_noop"
+PLAIN_TASK_NAME = "bench_jobs.plain_noop"
+
+
+@cluster_task(
+    key="bench:{item}",  # routed to the owner of the key on the ring
+    lock="bench:{item}",  # under a distributed lock (the Redis backend), auto-renewed
+    idempotency_key="bench:{run}:{item}",  # with an idempotency record
+    lock_ttl=30,
+    name=CLUSTER_TASK_NAME,
+)
+def cluster_noop(ctx: JobContext, *, run: str, item: int) -> dict:
+    return {"item": item}
+
+
+@shared_task(name=PLAIN_TASK_NAME, acks_late=True)
+def plain_noop(*, run: str, item: int) -> dict:
+    return {"item": item}
