@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from django import forms
 from django.contrib import admin, messages
+from django.db import transaction
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 from django.urls import path
@@ -15,6 +16,7 @@ from .jobs import job_requeue, job_retry
 from .models import Job, MembershipEvent, Node, NodeState, RingEpoch
 from .ring import HashRing, RebalancePlan
 from .selectors import current_ring
+from .signals import action_performed
 
 
 def _planned_ring(ring: HashRing, nodes: list[Node], action: str) -> HashRing:
@@ -25,6 +27,29 @@ def _planned_ring(ring: HashRing, nodes: list[Node], action: str) -> HashRing:
         elif action == "activate" and node.state == NodeState.JOINING and node.name not in ring:
             ring = ring.add_node(node.name, weight=node.weight, zone=node.zone or services.DEFAULT_ZONE)
     return ring
+
+
+def _audited(request: HttpRequest, *, sender: type, action: str, target: str, apply, describe) -> None:
+    """Apply an operator's action and announce it (the audit log) in one transaction."""
+    with transaction.atomic():
+        result = apply()
+        action_performed.send(
+            sender=sender,
+            action=action,
+            target=target,
+            actor=request.user,
+            source="admin",
+            detail=describe(result),
+        )
+
+
+def _describe_events(result: MembershipEvent | list[MembershipEvent]) -> str:
+    events = result if isinstance(result, list) else [result]
+    return ", ".join(f"{e.from_state or '-'} -> {e.to_state} (epoch {e.epoch})" for e in events)
+
+
+def _describe_job(job: Job) -> str:
+    return f"dispatch {job.dispatch} to {job.owner_node or 'the shared queue'}"
 
 
 class LookupForm(forms.Form):
@@ -65,6 +90,17 @@ class NodeAdmin(admin.ModelAdmin):
     def has_add_permission(self, request: HttpRequest) -> bool:
         # Nodes join through cluster_nodes add, the API, or a worker starting: each gets a token.
         return False
+
+    # Each action needs its own permission (Meta.permissions), not "change": editing a node's address
+    # is not the right to take it out of the ring.
+    def has_drain_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("cluster.drain_node")
+
+    def has_activate_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("cluster.activate_node")
+
+    def has_remove_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("cluster.remove_node")
 
     def get_queryset(self, request: HttpRequest):
         self._ring = current_ring()
@@ -129,7 +165,14 @@ class NodeAdmin(admin.ModelAdmin):
         actor = request.user.get_username()
         for node in nodes:
             try:
-                apply(node=node, actor=actor)
+                _audited(
+                    request,
+                    sender=Node,
+                    action=f"node.{action}",
+                    target=node.name,
+                    apply=lambda node=node: apply(node=node, actor=actor),
+                    describe=_describe_events,
+                )
                 done += 1
             except (IllegalTransition, UnknownNode, ValueError) as exc:
                 failed.append(str(exc))
@@ -139,15 +182,15 @@ class NodeAdmin(admin.ModelAdmin):
             self.message_user(request, error, messages.ERROR)
         return None
 
-    @admin.action(description="Drain selected nodes (preview first)", permissions=["change"])
+    @admin.action(description="Drain selected nodes (preview first)", permissions=["drain"])
     def drain_nodes(self, request, queryset):
         return self._with_preview(request, queryset, "drain", services.node_drain)
 
-    @admin.action(description="Activate selected nodes (preview first)", permissions=["change"])
+    @admin.action(description="Activate selected nodes (preview first)", permissions=["activate"])
     def activate_nodes(self, request, queryset):
         return self._with_preview(request, queryset, "activate", services.node_activate)
 
-    @admin.action(description="Remove selected nodes from the cluster (preview first)", permissions=["change"])
+    @admin.action(description="Remove selected nodes from the cluster (preview first)", permissions=["remove"])
     def remove_nodes(self, request, queryset):
         return self._with_preview(request, queryset, "remove", services.node_remove)
 
@@ -202,8 +245,14 @@ class JobAdmin(admin.ModelAdmin):
         return False
 
     def has_change_permission(self, request: HttpRequest, obj=None) -> bool:
-        # The list and its actions need the permission; a job's own fields are the system's.
+        # The list needs the permission (the actions have their own); a job's own fields are the system's.
         return obj is None and super().has_change_permission(request)
+
+    def has_retry_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("cluster.retry_job")
+
+    def has_requeue_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("cluster.requeue_job")
 
     @admin.display(description="took")
     def took(self, job: Job) -> str:
@@ -215,7 +264,14 @@ class JobAdmin(admin.ModelAdmin):
         done, errors = 0, []
         for job in queryset:
             try:
-                action(job=job, actor=request.user.get_username())
+                _audited(
+                    request,
+                    sender=Job,
+                    action=f"job.{label.lower()}",
+                    target=str(job.pk),
+                    apply=lambda job=job: action(job=job, actor=request.user.get_username()),
+                    describe=_describe_job,
+                )
                 done += 1
             except ValueError as exc:
                 errors.append(str(exc))
@@ -224,10 +280,10 @@ class JobAdmin(admin.ModelAdmin):
         for error in errors:
             self.message_user(request, error, messages.ERROR)
 
-    @admin.action(description="Retry selected failed jobs", permissions=["change"])
+    @admin.action(description="Retry selected failed jobs", permissions=["retry"])
     def retry_jobs(self, request, queryset):
         self._act(request, queryset, job_retry, "Retry")
 
-    @admin.action(description="Requeue selected open jobs to their key's current owner", permissions=["change"])
+    @admin.action(description="Requeue selected open jobs to their key's current owner", permissions=["requeue"])
     def requeue_jobs(self, request, queryset):
         self._act(request, queryset, job_requeue, "Requeue")

@@ -106,7 +106,11 @@ def jobs_hand_over(*, node: str, ring: HashRing, include_running: bool, reason: 
         owner, queue = route(job.routing_key or None, ring=ring, routable=routable)
         # Only one re-dispatch wins per job, however many sweepers or retries race here.
         won = Job.objects.filter(pk=job.pk, dispatch=job.dispatch, state__in=states).update(
-            state=JobState.REQUEUED, owner_node=owner, dispatch=job.dispatch + 1, error=reason[:2000]
+            state=JobState.REQUEUED,
+            owner_node=owner,
+            dispatch=job.dispatch + 1,
+            error=reason[:2000],
+            updated_at=timezone.now(),  # update() leaves auto_now alone; jobs_resend_stalled reads it
         )
         if not won:
             continue
@@ -117,6 +121,46 @@ def jobs_hand_over(*, node: str, ring: HashRing, include_running: bool, reason: 
     if moved:
         logger.warning("handed %s job(s) of node %s to new owners: %s", moved, node, reason)
     return moved
+
+
+# Open states in which a job waits for its message (none of them is running on a worker).
+WAITING_STATES = (JobState.QUEUED, JobState.RETRYING, JobState.REQUEUED)
+
+
+def jobs_resend_stalled(*, older_than: timedelta, limit: int = 500) -> int:
+    """Publish again the message of every waiting job with no progress for ``older_than``; returns how many.
+
+    The ``Job`` row is the record of what must run; the broker's message is only its delivery,
+    and deliveries get lost: a Redis broker restarted without persistence forgets its queues, the
+    unacked messages and the retries scheduled in them, and a publish that fails after its
+    transaction committed never sends one. The sweeper calls this every few seconds. The copy keeps
+    the job's dispatch number, so if the first message was only late, not lost, whichever copy
+    arrives first runs and the other finds the job done (or its idempotency key taken): the effect
+    still happens once, and a queue backlog longer than ``older_than`` cannot starve a job.
+    """
+    now = timezone.now()
+    stalled = list(
+        Job.objects.filter(state__in=WAITING_STATES, updated_at__lt=now - older_than, args__isnull=False)
+        .order_by("updated_at")
+        .only("id", "task_name", "routing_key", "args", "dispatch", "updated_at")[:limit]
+    )
+    sent = 0
+    for job in stalled:
+        with transaction.atomic():
+            # Claimed by one sweeper pass only: the row must still be the one we read.
+            won = Job.objects.filter(
+                pk=job.pk, dispatch=job.dispatch, state__in=WAITING_STATES, updated_at=job.updated_at
+            ).update(updated_at=now)
+            if not won:
+                continue
+            _owner, queue = route(job.routing_key or None)
+            _publish_on_commit(job, queue, job.args)
+        sent += 1
+    if sent:
+        logger.warning(
+            "sent %s job(s) again after %gs without progress (lost messages?)", sent, older_than.total_seconds()
+        )
+    return sent
 
 
 def job_retry(*, job: Job, actor: str) -> Job:
@@ -139,7 +183,11 @@ def _redispatch(job: Job, *, actor: str, allowed: tuple[str, ...]) -> Job:
     with transaction.atomic():
         owner, queue = route(job.routing_key or None)
         won = Job.objects.filter(pk=job.pk, dispatch=job.dispatch, state__in=allowed).update(
-            state=JobState.REQUEUED, owner_node=owner, dispatch=job.dispatch + 1, error=f"sent again by {actor}"
+            state=JobState.REQUEUED,
+            owner_node=owner,
+            dispatch=job.dispatch + 1,
+            error=f"sent again by {actor}",
+            updated_at=timezone.now(),
         )
         if not won:
             raise ValueError(f"job {job.id} changed meanwhile; reload and try again")

@@ -53,6 +53,13 @@ class Node(models.Model):
 
     class Meta:
         ordering = ["name"]
+        # Operator actions, each its own permission (not "change"): the admin, the dashboard and the
+        # audit log name exactly what a user may do to the cluster.
+        permissions = [
+            ("drain_node", "Can drain nodes"),
+            ("activate_node", "Can activate nodes"),
+            ("remove_node", "Can remove nodes from the cluster"),
+        ]
 
     def __str__(self) -> str:
         return self.name
@@ -145,6 +152,7 @@ class Job(models.Model):
     class Meta:
         ordering = ["-created_at"]
         indexes = [models.Index(fields=["owner_node", "state"], name="job_owner_state")]
+        permissions = [("retry_job", "Can retry failed jobs"), ("requeue_job", "Can requeue open jobs")]
 
     def __str__(self) -> str:
         return f"{self.task_name} {self.id} ({self.state})"

@@ -17,5 +17,9 @@ cluster_settings = AppSettings(
         "RING_HISTORY": 50,
         # Finished job records older than this many days are deleted by the cluster.trim_jobs beat task.
         "JOB_RETENTION_DAYS": 7,
+        # Seconds a queued, requeued or retrying job may go without progress before the sweeper
+        # publishes its message again (it may have been lost with a broker restart); see
+        # cluster.jobs.jobs_resend_stalled. Keep it above the usual queue wait and retry backoff.
+        "JOB_RESEND_AFTER": 300.0,
     },
 )

@@ -7,3 +7,9 @@ membership_changed = Signal()
 
 # Sent after commit with: job_id, task_name, state, owner_node, attempts.
 job_state_changed = Signal()
+
+# An operator acted on the cluster (an admin or dashboard action). Sent inside the transaction of the
+# change, so a receiver's writes (monitoring's audit log) commit with it or not at all, with: action
+# ("node.drain", "node.activate", "node.remove", "job.retry", "job.requeue"), target (a node name or
+# job id), actor (the user), source ("admin", "dashboard"), detail (a short free text).
+action_performed = Signal()

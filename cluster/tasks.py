@@ -31,14 +31,14 @@ from celery.exceptions import Retry
 from django.db import InterfaceError, OperationalError, transaction
 from django.utils import timezone
 
-from idempotency import IdempotencyInProgress, IdempotencyKeyMismatch
+from idempotency import IdempotencyInProgress, IdempotencyKeyMismatch, StaleFencingToken
 from idempotency import services as idem
 from idempotency.keys import arguments_fingerprint
 from idempotency.leases import lease_keeper
-from locks import LockBackendUnavailable, LockLost, LockNotAcquired, lock
+from locks import Lease, LockBackendUnavailable, LockLost, LockNotAcquired, lock
 
 from .jobs import PUBLISHERS, announce, canonical_json, job_create
-from .models import Job, JobState
+from .models import OPEN_JOB_STATES, Job, JobState
 from .routing import node_name_for
 
 logger = logging.getLogger(__name__)
@@ -274,7 +274,12 @@ def _start(spec: TaskSpec, task: Task, job_id: str, dispatch: int, node: str) ->
 
 def run_job(spec: TaskSpec, task: Task, job_id: str, dispatch: int, kwargs: dict[str, Any]) -> Any:
     node = node_name_for(task.request.hostname or "")
-    job = _start(spec, task, job_id, dispatch, node)
+    try:
+        job = _start(spec, task, job_id, dispatch, node)
+    except (OperationalError, InterfaceError) as exc:
+        # The database is away (a restart, a failover): the message must not be acked as done.
+        logger.warning("job %s: could not start it (%s), retrying", job_id, exc)
+        raise task.retry(exc=exc, countdown=spec.backoff(task.request.retries)) from exc
     if job is None:
         return None
     idem_key = spec.format(spec.idempotency_key, kwargs, "idempotency_key")
@@ -297,17 +302,27 @@ def run_job(spec: TaskSpec, task: Task, job_id: str, dispatch: int, kwargs: dict
             )
         lock_name = spec.format(spec.lock, kwargs, "lock")
         if lock_name is None:
-            return _run_body(spec, task, job, dispatch, kwargs, claim, lease_token=None)
-        with lock(
-            lock_name, ttl=spec.lock_ttl, timeout=spec.lock_timeout, backend=spec.lock_backend, auto_renew=True
-        ) as lease:
-            result = _run_body(spec, task, job, dispatch, kwargs, claim, lease_token=lease.token)
-            lease.ensure_held()
-            return result
+            return _run_body(spec, task, job, dispatch, kwargs, claim, lease=None)
+        result, committed = None, False
+        try:
+            with lock(
+                lock_name, ttl=spec.lock_ttl, timeout=spec.lock_timeout, backend=spec.lock_backend, auto_renew=True
+            ) as lease:
+                result = _run_body(spec, task, job, dispatch, kwargs, claim, lease=lease)
+                committed = True
+        except LockBackendUnavailable as exc:
+            if not committed:
+                raise
+            # The job's effect has committed: a lock store that went away meanwhile only means the
+            # release could not be sent. The lease runs out on its own; the job stays succeeded.
+            logger.warning("job %s succeeded; lock %r could not be released (it expires): %s", job_id, lock_name, exc)
+        return result
     except Retry:
         raise
-    except StaleDispatch:
-        logger.warning("job %s moved to another node while it ran here: this run rolled back", job_id)
+    except (StaleDispatch, StaleFencingToken) as exc:
+        # The job moved to another node (a new dispatch), or another attempt took its key over:
+        # that attempt's result is the one that counts, and this one's writes have rolled back.
+        logger.warning("job %s was taken over while it ran here (%s): this run rolled back", job_id, exc)
         _release(claim)
         return None
     except TRANSIENT_ERRORS + (OperationalError, InterfaceError) as exc:
@@ -315,7 +330,11 @@ def run_job(spec: TaskSpec, task: Task, job_id: str, dispatch: int, kwargs: dict
         if task.request.retries >= spec.max_retries:
             _finish(job, dispatch, JobState.FAILED, error=f"{type(exc).__name__}: {exc} (retries exhausted)")
             raise
-        _finish(job, dispatch, JobState.RETRYING, error=f"{type(exc).__name__}: {exc}", finished=False)
+        try:
+            _finish(job, dispatch, JobState.RETRYING, error=f"{type(exc).__name__}: {exc}", finished=False)
+        except (OperationalError, InterfaceError) as db_exc:
+            # The database is what failed: the record says running a while longer, the retry runs all the same.
+            logger.warning("job %s: could not record the retry (%s)", job_id, db_exc)
         raise task.retry(exc=exc, countdown=spec.backoff(task.request.retries)) from exc
     except BaseException as exc:
         _release(claim)
@@ -350,8 +369,9 @@ def _run_body(
     kwargs: dict[str, Any],
     claim: idem.Claim | None,
     *,
-    lease_token: int | None,
+    lease: Lease | None,
 ) -> Any:
+    lease_token = lease.token if lease is not None else None
     ctx = JobContext(job_id=str(job.id), attempt=job.attempts, node=job.ran_on, fencing_token=lease_token, task=task)
     with transaction.atomic():
         result = spec.func(ctx, **kwargs)
@@ -370,18 +390,24 @@ def _run_body(
         )
         if not finished:
             raise StaleDispatch(str(job.pk))
+        if lease is not None:
+            # Last check before the commit: a lease lost while the body ran (it expired during a
+            # pause, or the lock store restarted and forgot it) rolls the body back for a retry.
+            lease.ensure_held()
         job.state = JobState.SUCCEEDED
         announce(job)
     return result
 
 
 def _finish(job: Job, dispatch: int, state: str, *, result: Any = None, error: str = "", finished: bool = True) -> None:
-    fields: dict[str, Any] = {"state": state, "error": error[:2000]}
+    # updated_at by hand: update() leaves auto_now alone, and jobs_resend_stalled reads it as progress.
+    fields: dict[str, Any] = {"state": state, "error": error[:2000], "updated_at": timezone.now()}
     if result is not None:
         fields["result"] = result
     if finished:
         fields["finished_at"] = timezone.now()
-    if Job.objects.filter(pk=job.pk, dispatch=dispatch).update(**fields):
+    # Only an open job changes: a late copy of a message never reopens a job that has ended.
+    if Job.objects.filter(pk=job.pk, dispatch=dispatch, state__in=OPEN_JOB_STATES).update(**fields):
         job.state = state
         announce(job)
 

@@ -4,9 +4,38 @@ from __future__ import annotations
 
 import os
 
+import redis
 from celery import Celery
+from kombu.transport import redis as kombu_redis
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+
+
+def _closed_channel_raises_connection_error() -> None:
+    """Work around a kombu 5.7 Redis-transport bug that makes a worker exit when Redis goes away.
+
+    When the connection drops while a BRPOP is in flight and the loss is seen on another socket
+    (the remote-control pub/sub), Celery closes the connection twice (``collect()``, then
+    ``close()``): the first close stops at the unreadable BRPOP reply, the second finds the
+    transport already detached (``client`` is None) and raises ``AttributeError``, which
+    Celery's ``ignore_errors`` does not catch: "Unrecoverable error", and the worker is gone.
+    Raising the transport's own connection error instead lets Celery reconnect as it does for any
+    other connection loss. Found by tests/faults/test_redis_restart.py (about one run in three).
+    """
+    original = kombu_redis.Channel._connparams
+    if getattr(original, "ringmaster_workaround", False):
+        return
+
+    def _connparams(self, asynchronous=False):
+        if self.connection.client is None:
+            raise redis.exceptions.ConnectionError("the broker connection is already closed")
+        return original(self, asynchronous=asynchronous)
+
+    _connparams.ringmaster_workaround = True
+    kombu_redis.Channel._connparams = _connparams
+
+
+_closed_channel_raises_connection_error()
 
 app = Celery("ringmaster")
 app.config_from_object("django.conf:settings", namespace="CELERY")

@@ -9,6 +9,7 @@ PostgreSQL and Redis. Every variable is parsed here, once, with django-environ.
 from __future__ import annotations
 
 import secrets
+from datetime import timedelta
 from pathlib import Path
 
 import environ
@@ -60,6 +61,8 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "channels",
+    "axes",
+    "csp",
     "locks",
     "idempotency",
     "cluster",
@@ -69,6 +72,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "csp.middleware.CSPMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -77,6 +81,10 @@ MIDDLEWARE = [
     "idempotency.middleware.IdempotencyMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # A view's database errors (PostgreSQL restarting) answer 503 problem+json, not a 500 traceback.
+    "monitoring.middleware.DatabaseUnavailableMiddleware",
+    # Last, as django-axes requires: it turns a locked-out login into its 429 response.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "config.urls"
@@ -260,6 +268,23 @@ WHITENOISE_USE_FINDERS = DEBUG
 
 LOGIN_URL = "admin:login"
 
+# Brute-force protection of the login (the admin's, which the dashboard uses too) with django-axes:
+# after 5 failed attempts for one username from one address, that pair is refused (429, even with
+# the right password) until 15 minutes pass without a new failure; a success before that resets the
+# count. The database handler works the same on SQLite and PostgreSQL and lists attempts and
+# lockouts in the admin (Axes -> Access attempts, where a lockout can be lifted by deleting it).
+# Axes sees REMOTE_ADDR: behind a reverse proxy that is the proxy, so the lockout is per username.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_HANDLER = "axes.handlers.database.AxesDatabaseHandler"
+AXES_FAILURE_LIMIT = 5
+AXES_COOLOFF_TIME = timedelta(minutes=15)
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_VERBOSE = False  # no banner from every manage.py command; lockouts are still logged as warnings
+
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
@@ -283,6 +308,42 @@ SESSION_COOKIE_HTTPONLY = True
 X_FRAME_OPTIONS = "DENY"
 SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
+
+
+def _websocket_sources(hosts: list[str]) -> list[str]:
+    # CSP Level 3 browsers match ws(s) to the page's own host with 'self'; older ones (older Safari
+    # among them) need the host named. IPv6 literals cannot be written in CSP ('self' covers them).
+    schemes = ["wss"] if not DEBUG else ["ws", "wss"]
+    sources = []
+    for host in hosts:
+        if host == "*" or host.startswith("["):
+            continue
+        pattern = f"*{host}" if host.startswith(".") else host
+        sources += [f"{scheme}://{pattern}:*" for scheme in schemes]
+    return sources
+
+
+# Content Security Policy (django-csp) on every response, the dashboard's and the admin's included.
+# Scripts and styles come only from our origin: the dashboard is ES modules and a stylesheet, with
+# no inline script, style element or style attribute (tests/security checks its pages), and Django
+# 5.2's admin has none either: its templates load every script by src and its JavaScript sets styles
+# through the CSSOM (element.style), which CSP does not restrict. So style-src needs no
+# 'unsafe-inline'. connect-src adds the WebSocket (/ws/cluster/) for browsers whose 'self' does not
+# cover ws:/wss:. frame-ancestors 'none' repeats X-Frame-Options: DENY for CSP-aware browsers.
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": ["'self'"],
+        "script-src": ["'self'"],
+        "style-src": ["'self'"],
+        "img-src": ["'self'"],
+        "font-src": ["'self'"],
+        "connect-src": ["'self'", *_websocket_sources(ALLOWED_HOSTS)],
+        "object-src": ["'none'"],
+        "base-uri": ["'self'"],
+        "form-action": ["'self'"],
+        "frame-ancestors": ["'none'"],
+    },
+}
 
 LOGGING = {
     "version": 1,

@@ -126,7 +126,7 @@ class HeldLockAdmin(ReadOnlyAdmin):
         released, gone, failed = 0, [], []
         for alias, token, name in selected:
             try:
-                if lock_force_release(backend=alias, name=name, token=token, actor=request.user):
+                if lock_force_release(backend=alias, name=name, token=token, actor=request.user, source="admin"):
                     released += 1
                 else:
                     gone.append(name)

@@ -13,3 +13,8 @@ from django.dispatch import Signal
 lock_acquired = Signal()
 lock_released = Signal()
 lock_lost = Signal()
+
+# An operator acted on a lock (``lock.force_release``), with the keyword arguments of
+# ``cluster.signals.action_performed``: action, target ("<backend>:<name>"), actor, source, detail.
+# Sent after the release; the lock's own ``LockAudit`` entry is written by the backend.
+action_performed = Signal()

@@ -1,28 +1,47 @@
 """The JSON API under ``/api/v1/``: node heartbeats and read-only cluster state, with an OpenAPI schema.
 
-Every error is ``application/problem+json``. Nodes authenticate with their own bearer token
-(stored hashed, compared in constant time); people use their staff session.
+Every error is ``application/problem+json``: the API's own, ninja's (validation, 404), and the ones
+raised around an operation (no such path, method not allowed). Nodes authenticate with their own
+bearer token (stored hashed, compared in constant time); people use their staff session. Each node's
+heartbeats are rate limited (``monitoring/ratelimit.py``, 429 with ``Retry-After``).
 """
 
 from __future__ import annotations
 
-from typing import Any
+import functools
+import logging
+import math
+import time
+from http import HTTPStatus
+from typing import Annotated, Any
 
-from django.http import HttpRequest, HttpResponse
-from ninja import NinjaAPI, Schema
+from django.core.exceptions import RequestDataTooBig, SuspiciousOperation
+from django.db import InterfaceError, OperationalError
+from django.http import Http404, HttpRequest, HttpResponse
+from django.urls import re_path
+from ninja import NinjaAPI, Path, Query, Schema
 from ninja.errors import AuthenticationError, HttpError, ValidationError
 from ninja.security import APIKeyHeader
 from pydantic import Field
 
-from cluster.models import MembershipEvent, Node
+from cluster.models import NODE_NAME_RE, MembershipEvent, Node
 from cluster.selectors import current_ring
 from cluster.services import hash_token
-from idempotency.problems import problem_response
+from idempotency.problems import PROBLEM_CONTENT_TYPE, problem_response
 
 from . import selectors
 from .heartbeats import HeartbeatStoreUnavailable
+from .middleware import database_unavailable
+from .ratelimit import get_limiter
 from .services import heartbeat_record
 from .settings import monitoring_settings
+
+logger = logging.getLogger(__name__)
+
+# The largest incarnation a node may announce: Node.incarnation is a PositiveIntegerField, and a
+# higher one reaches the database when the sweeper applies the restart.
+MAX_INCARNATION = 2**31 - 1
+MAX_SEQ = 2**63 - 1
 
 
 class ApiProblem(Exception):
@@ -58,7 +77,57 @@ class StaffOrNodeToken(APIKeyHeader):
         return _node_for_token(token) if token else None
 
 
-api = NinjaAPI(
+def _not_found(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+    return problem_response(404, "not-found", "Not found", f"no API endpoint at {request.path}")
+
+
+def _problems_only(view):
+    """Wrap a URL's view so the errors ninja answers outside an operation are problem+json too.
+
+    Ninja's own 405 (a known path, another method) is plain text and its root raises Http404;
+    everything an operation raises goes through the exception handlers below.
+    """
+
+    @functools.wraps(view)
+    def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        try:
+            response = view(request, *args, **kwargs)
+        except Http404:
+            return _not_found(request)
+        if response.status_code < 400 or response.get("Content-Type") == PROBLEM_CONTENT_TYPE:
+            return response
+        phrase = HTTPStatus(response.status_code).phrase
+        headers = {"Allow": response["Allow"]} if response.has_header("Allow") else None
+        slug = "method-not-allowed" if response.status_code == 405 else phrase.lower().replace(" ", "-")
+        detail = f"{request.method} is not allowed here" if response.status_code == 405 else phrase
+        return problem_response(response.status_code, slug, phrase, detail, headers=headers)
+
+    return wrapper
+
+
+class RingmasterAPI(NinjaAPI):
+    """Ninja with problem+json for every error, including unknown paths below the API's prefix."""
+
+    @property
+    def urls(self):
+        patterns, app_name, namespace = super().urls
+        for pattern in patterns:
+            pattern.callback = _problems_only(pattern.callback)
+        return [*patterns, re_path(r"^", _not_found)], app_name, namespace
+
+    def get_openapi_schema(self, *, path_prefix: str | None = None, path_params: dict | None = None):
+        """The schema, with error responses documented as the problem+json they are (ninja says JSON)."""
+        schema = super().get_openapi_schema(path_prefix=path_prefix, path_params=path_params)
+        for operations in schema.get("paths", {}).values():
+            for operation in operations.values():
+                for status, response in operation.get("responses", {}).items():
+                    content = response.get("content", {})
+                    if int(status) >= 400 and "application/json" in content:
+                        content[PROBLEM_CONTENT_TYPE] = content.pop("application/json")
+        return schema
+
+
+api = RingmasterAPI(
     title="Ringmaster API",
     version="1",
     urls_namespace="api-v1",
@@ -99,6 +168,29 @@ def _http_error(request: HttpRequest, exc: HttpError) -> HttpResponse:
     return problem_response(exc.status_code, "http-error", str(exc) or "Error", str(exc))
 
 
+@api.exception_handler(Http404)
+def _http404(request: HttpRequest, exc: Http404) -> HttpResponse:
+    return problem_response(404, "not-found", "Not found", str(exc) or f"nothing at {request.path}")
+
+
+@api.exception_handler(RequestDataTooBig)
+def _too_big(request: HttpRequest, exc: RequestDataTooBig) -> HttpResponse:
+    return problem_response(413, "body-too-large", "Body too large", str(exc))
+
+
+@api.exception_handler(SuspiciousOperation)
+def _suspicious(request: HttpRequest, exc: SuspiciousOperation) -> HttpResponse:
+    # What Django itself answers 400 to (a bad Host, a malformed multipart body, ...).
+    return problem_response(400, "bad-request", "Bad request", str(exc))
+
+
+@api.exception_handler(Exception)
+def _internal_error(request: HttpRequest, exc: Exception) -> HttpResponse:
+    # Logged with its traceback for the operator; the client learns nothing about the internals.
+    logger.exception("API error on %s %s", request.method, request.path)
+    return problem_response(500, "internal-error", "Internal server error", "the error was logged")
+
+
 @api.exception_handler(HeartbeatStoreUnavailable)
 def _store_down(request: HttpRequest, exc: HeartbeatStoreUnavailable) -> HttpResponse:
     return problem_response(
@@ -106,13 +198,25 @@ def _store_down(request: HttpRequest, exc: HeartbeatStoreUnavailable) -> HttpRes
     )
 
 
+# The database restarting or failing over: a 503 the client may retry, not a 500 (see monitoring/middleware.py).
+api.add_exception_handler(OperationalError, database_unavailable)
+api.add_exception_handler(InterfaceError, database_unavailable)
+
+
 # --- schemas ----------------------------------------------------------------------------------
 
 
+NodeName = Annotated[str, Path(pattern=NODE_NAME_RE, description="a node name")]
+# JSON has no NaN or infinity; Python's parser accepts them, and they would make the read API's JSON invalid.
+LoadValue = Annotated[float, Field(allow_inf_nan=False)] | int | Annotated[str, Field(max_length=256)] | None
+
+
 class HeartbeatIn(Schema):
-    incarnation: int = Field(ge=1, description="the node process's incarnation; a restart uses a higher one")
-    seq: int = Field(ge=0, description="sequence number of this beat within the incarnation")
-    load: dict[str, float | int | str | None] = Field(default_factory=dict, max_length=32)
+    incarnation: int = Field(
+        ge=1, le=MAX_INCARNATION, description="the node process's incarnation; a restart uses a higher one"
+    )
+    seq: int = Field(ge=0, le=MAX_SEQ, description="sequence number of this beat within the incarnation")
+    load: dict[Annotated[str, Field(max_length=64)], LoadValue] = Field(default_factory=dict, max_length=32)
 
 
 class HeartbeatOut(Schema):
@@ -179,20 +283,51 @@ class NodeToken(APIKeyHeader):
             raise ApiProblem(401, "unauthenticated", "Authentication required", "unknown or revoked token")
         if holder.name != request.resolver_match.kwargs.get("name"):
             raise ApiProblem(403, "forbidden", "Forbidden", "this token belongs to another node")
+        # After the token check, so nobody without it can spend a node's budget and get it declared dead.
+        _check_rate(holder.name)
         # Checked here because authentication runs before the body is parsed.
         limit = monitoring_settings.HEARTBEAT_MAX_BODY
-        if int(request.META.get("CONTENT_LENGTH") or 0) > limit or len(request.body) > limit:
+        declared = str(request.META.get("CONTENT_LENGTH") or "0").strip()
+        if not declared.isdigit():
+            raise ApiProblem(400, "invalid-request", "Invalid request", "Content-Length must be a number of bytes")
+        if int(declared) > limit or len(request.body) > limit:
             raise ApiProblem(413, "body-too-large", "Body too large", f"at most {limit} bytes")
         return holder
+
+
+def _check_rate(node: str) -> None:
+    limiter = get_limiter()
+    if limiter is None:
+        return
+    decision = limiter.hit(node, now=time.time())
+    if not decision.allowed:
+        retry_after = max(1, math.ceil(decision.retry_after))
+        limit = limiter.limit
+        raise ApiProblem(
+            429,
+            "rate-limited",
+            "Too many heartbeats",
+            f"node {node} may send {limit.rate:g} beats/s (bursts of {limit.burst}); retry in {retry_after} s",
+            headers={"Retry-After": str(retry_after)},
+        )
 
 
 @api.post(
     "/nodes/{name}/heartbeat",
     auth=NodeToken(),
-    response={200: HeartbeatOut, 400: Problem, 401: Problem, 403: Problem, 409: Problem, 413: Problem},
+    response={
+        200: HeartbeatOut,
+        400: Problem,
+        401: Problem,
+        403: Problem,
+        409: Problem,
+        413: Problem,
+        429: Problem,
+        503: Problem,
+    },
     summary="A node's heartbeat (Authorization: Bearer <the node's token>)",
 )
-def heartbeat(request: HttpRequest, name: str, payload: HeartbeatIn):
+def heartbeat(request: HttpRequest, name: NodeName, payload: HeartbeatIn):
     node: Node = request.auth
     if payload.incarnation < node.incarnation:
         raise ApiProblem(
@@ -210,19 +345,21 @@ def heartbeat(request: HttpRequest, name: str, payload: HeartbeatIn):
     }
 
 
-@api.get("/nodes", response=list[NodeOut], summary="Every node with its state, share, phi and load")
+@api.get(
+    "/nodes", response={200: list[NodeOut], 401: Problem}, summary="Every node with its state, share, phi and load"
+)
 def nodes(request: HttpRequest):
     return selectors.node_overview()
 
 
-@api.get("/nodes/{name}", response={200: NodeOut, 404: Problem}, summary="One node")
-def node_detail(request: HttpRequest, name: str):
+@api.get("/nodes/{name}", response={200: NodeOut, 400: Problem, 401: Problem, 404: Problem}, summary="One node")
+def node_detail(request: HttpRequest, name: NodeName):
     for row in selectors.node_overview(names=[name]):
         return row
     raise ApiProblem(404, "not-found", "Not found", f"no node named {name!r}")
 
 
-@api.get("/ring", response=RingOut, summary="The ring of the current epoch: each node's share")
+@api.get("/ring", response={200: RingOut, 401: Problem}, summary="The ring of the current epoch: each node's share")
 def ring(request: HttpRequest):
     current = current_ring()
     return {
@@ -235,10 +372,16 @@ def ring(request: HttpRequest):
     }
 
 
-@api.get("/events", response=list[EventOut], summary="Recent membership events, newest first")
-def events(request: HttpRequest, limit: int = 100, node: str | None = None):
-    if not 1 <= limit <= 1000:
-        raise ApiProblem(400, "invalid-request", "Invalid request", "limit must be between 1 and 1000")
+@api.get(
+    "/events",
+    response={200: list[EventOut], 400: Problem, 401: Problem},
+    summary="Recent membership events, newest first",
+)
+def events(
+    request: HttpRequest,
+    limit: Annotated[int, Query(ge=1, le=1000, description="how many events (1 to 1000)")] = 100,
+    node: Annotated[str | None, Query(pattern=NODE_NAME_RE, description="only this node's events")] = None,
+):
     qs = MembershipEvent.objects.select_related("node").order_by("-id")
     if node:
         qs = qs.filter(node__name=node)

@@ -12,5 +12,6 @@ class MonitoringConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        # System checks, the signal relay to dashboards, and the Celery worker's signal receivers.
-        from . import checks, events, worker  # noqa: F401
+        # System checks, the signal relay to dashboards, the audit log's receivers, and the Celery
+        # worker's signal receivers.
+        from . import audit, checks, events, worker  # noqa: F401

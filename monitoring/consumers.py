@@ -45,6 +45,7 @@ CLUSTER_GROUP = "cluster"
 CLOSE_ANONYMOUS = 4401
 CLOSE_FORBIDDEN = 4403
 CLOSE_TOO_BIG = 1009  # RFC 6455 "message too big"
+CLOSE_POLICY = 1008  # RFC 6455 "policy violation": actions sent faster than their replies are read
 
 # The largest message a browser may send (an action is a few dozen bytes).
 MAX_FRAME = 4096
@@ -362,12 +363,21 @@ class ClusterConsumer(AsyncWebsocketConsumer):
         ``seq`` marks a table delta; ``keep`` a reply, which survives a resynchronisation (deltas and
         events are dropped then: the fresh snapshot holds what they said).
         """
+        if getattr(self, "overflowed", False):
+            return
         if self.outbox.qsize() >= OUTBOX_LIMIT:
             kept = []
             while not self.outbox.empty():
                 item = self.outbox.get_nowait()
                 if item[2]:
                     kept.append(item)
+            if len(kept) >= OUTBOX_LIMIT // 2:
+                # Replies survive a resynchronisation, so a client sending actions without reading
+                # the replies would grow this queue without end: close it instead (it reconnects).
+                self.overflowed = True
+                logger.warning("dashboard: closing %s: %d unread replies", self.channel_name, len(kept))
+                asyncio.get_running_loop().create_task(self.close(code=CLOSE_POLICY))
+                return
             for item in kept:
                 self.outbox.put_nowait(item)
             self.resync = True
@@ -425,7 +435,7 @@ class ClusterConsumer(AsyncWebsocketConsumer):
     # --- inbound: actions ---------------------------------------------------------------------
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
-        if not getattr(self, "joined", False):
+        if not getattr(self, "joined", False) or getattr(self, "overflowed", False):
             return
         if bytes_data is not None or text_data is None:
             await self._reply_error(None, "invalid-message", "send JSON text frames")
@@ -516,7 +526,7 @@ class ClusterConsumer(AsyncWebsocketConsumer):
         if not await database_sync_to_async(user.has_perm)(dashboard.PERM_DRAIN):
             raise ActionError("forbidden", f"draining a node needs the {dashboard.PERM_DRAIN} permission")
         try:
-            await database_sync_to_async(dashboard.node_drain)(node=node, actor=user.get_username())
+            await database_sync_to_async(dashboard.node_drain)(node=node, actor=user)
         except (IllegalTransition, UnknownNode) as exc:
             raise ActionError("illegal-transition", str(exc)) from None
         return {"node": node}

@@ -17,6 +17,7 @@ from datetime import datetime
 from typing import Any
 
 from django.contrib.admin.views.decorators import staff_member_required
+from django.db import transaction
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.urls import NoReverseMatch, reverse
@@ -26,6 +27,7 @@ from cluster import selectors as cluster_selectors
 from cluster import services as cluster_services
 from cluster.ring import HashRing
 
+from .audit import audit_record
 from .selectors import node_overview
 
 logger = logging.getLogger(__name__)
@@ -39,7 +41,7 @@ RECENT_IDEMPOTENCY_KEYS = 50
 
 # Permissions of the dashboard's actions, as the admin checks them for the same changes.
 PERM_FORCE_RELEASE = "locks.force_release_locklease"
-PERM_DRAIN = "cluster.change_node"
+PERM_DRAIN = "cluster.drain_node"
 
 
 # --- pages ----------------------------------------------------------------------------------------
@@ -152,9 +154,20 @@ def recent_events(*, limit: int = RECENT_EVENTS) -> list[dict[str, Any]]:
     return events
 
 
-def node_drain(*, node: str, actor: str) -> None:
-    """Drain ``node`` on an operator's behalf (IllegalTransition or UnknownNode when it cannot be)."""
-    cluster_services.node_drain(node=node, actor=actor, reason="drained from the dashboard")
+def node_drain(*, node: str, actor: Any) -> None:
+    """Drain ``node`` on an operator's behalf (IllegalTransition or UnknownNode when it cannot be).
+
+    ``actor`` is the user; the drain and its audit entry commit together.
+    """
+    with transaction.atomic():
+        event = cluster_services.node_drain(node=node, actor=actor.get_username(), reason="drained from the dashboard")
+        audit_record(
+            action="node.drain",
+            target=node,
+            actor=actor,
+            source="dashboard",
+            detail=f"{event.from_state} -> {event.to_state} (epoch {event.epoch})",
+        )
 
 
 # --- the ring -------------------------------------------------------------------------------------
@@ -293,7 +306,7 @@ def lock_force_release(*, backend: str, name: str, token: int | None, actor: Any
 
     from .events import publish  # events imports the consumers, which import this module
 
-    released = force_release(backend=backend, name=name, actor=actor, token=token)
+    released = force_release(backend=backend, name=name, actor=actor, token=token, source="dashboard")
     if released:
         username = actor.get_username() if hasattr(actor, "get_username") else str(actor)
         publish("lock_force_released", {"name": name, "token": token, "backend": backend, "actor": username})

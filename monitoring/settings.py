@@ -16,6 +16,14 @@ monitoring_settings = AppSettings(
         },
         # Largest heartbeat request body accepted, in bytes.
         "HEARTBEAT_MAX_BODY": 4096,
+        # Per-node rate limit of POST /api/v1/nodes/{name}/heartbeat (monitoring/ratelimit.py): beats
+        # per second a node may send on average (None: no limit), and how many may come back to back.
+        # Over it the API answers 429 with Retry-After. A node beats once per HEARTBEAT_INTERVAL, so
+        # the defaults leave it ten times its need while a runaway client costs one cache call a beat.
+        "HEARTBEAT_RATE": 10.0,
+        "HEARTBEAT_BURST": 20,
+        # Cache alias holding the limiter's state (one small key per node).
+        "HEARTBEAT_RATE_CACHE": "default",
         # Seconds between two copies of last_heartbeat_at from the store to the database.
         "HEARTBEAT_DB_REFRESH": 5.0,
         # Seconds between two sweeps of the failure detector.

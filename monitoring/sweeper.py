@@ -3,7 +3,8 @@
 Only one sweeper acts at a time: ``run_sweeper`` holds a lock from the locks app (auto-renewed)
 while it sweeps, and a second sweeper waits for that lock. The tracker's state (each node's
 detector window) lives in the acting sweeper's memory; a new leader starts from the database's
-states and learns the intervals again.
+states and learns the intervals again. Every few seconds it also sends again the jobs whose
+message was lost (``cluster.jobs.jobs_resend_stalled``).
 """
 
 from __future__ import annotations
@@ -12,14 +13,16 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from django.core.cache import cache
-from django.db import close_old_connections
+from django.db import InterfaceError, OperationalError, close_old_connections
 
 from cluster import services as cluster_services
 from cluster.exceptions import IllegalTransition, UnknownNode
+from cluster.jobs import jobs_resend_stalled
 from cluster.models import Node, NodeState
+from cluster.settings import cluster_settings
 
 from .heartbeats import BaseHeartbeatStore, Beat, HeartbeatStoreUnavailable, get_store
 from .liveness import ACTIVE, DEAD, JOINING, SUSPECT, LivenessPolicy, LivenessTracker, Verdict
@@ -31,6 +34,8 @@ logger = logging.getLogger(__name__)
 ACTOR = "sweeper"
 # Draining nodes finish their work and leave on their own; left nodes are gone. Neither is judged.
 TRACKED_STATES = {NodeState.JOINING, NodeState.ACTIVE, NodeState.SUSPECT, NodeState.DEAD}
+# Seconds between two looks for jobs whose message was lost (cluster.jobs.jobs_resend_stalled).
+RESEND_CHECK_INTERVAL = 5.0
 
 
 def policy_from_settings() -> LivenessPolicy:
@@ -53,6 +58,7 @@ class Sweeper:
         self._seen: dict[str, tuple[int, int]] = {}  # node -> (incarnation, seq) of the last beat fed
         self._store_down = False
         self._last_db_refresh = 0.0
+        self._last_resend = 0.0
 
     def sweep(self, now: float | None = None) -> list[Verdict]:
         now = self.clock() if now is None else now
@@ -78,6 +84,7 @@ class Sweeper:
             self._apply(verdict, beats.get(verdict.node))
         self._publish_phi(now)
         self._refresh_db(beats, now)
+        self._resend_stalled_jobs(now)
         return verdicts
 
     def _sync(self, nodes: dict[str, Node], now: float) -> None:
@@ -142,6 +149,19 @@ class Sweeper:
         except Exception:  # readers show no phi; detection itself goes on
             logger.warning("could not publish phi values", exc_info=True)
 
+    def _resend_stalled_jobs(self, now: float) -> None:
+        # Here, after the heartbeat store answered: while Redis is down its broker is too, and
+        # there is nothing to send to.
+        if now - self._last_resend < RESEND_CHECK_INTERVAL:
+            return
+        self._last_resend = now
+        try:
+            jobs_resend_stalled(older_than=timedelta(seconds=cluster_settings.JOB_RESEND_AFTER))
+        except (OperationalError, InterfaceError):
+            raise
+        except Exception:  # the broker's own errors: the next pass tries again
+            logger.warning("could not send stalled jobs again", exc_info=True)
+
     def _refresh_db(self, beats: dict[str, Beat], now: float) -> None:
         if now - self._last_db_refresh < monitoring_settings.HEARTBEAT_DB_REFRESH:
             return
@@ -156,31 +176,82 @@ class Sweeper:
 
 
 def run_sweeper(*, stop: threading.Event | None = None, lock_backend: str = "default") -> None:
-    """Sweep forever (until ``stop`` is set) while holding the sweeper lock; wait for it otherwise."""
-    from locks import LockLost, get_backend
+    """Sweep forever (until ``stop`` is set) while holding the sweeper lock; wait for it otherwise.
+
+    Outages of the services it uses never end the loop: a database error skips that sweep (the
+    next one is late, so the pause guard convicts nobody), and an unreachable lock store keeps
+    this sweeper acting only until its lease's local deadline, then makes it wait for the lock
+    again with backoff. A sweeper that comes back to the lock after such an outage starts with the
+    heartbeat store's grace period, since the store was most likely down too (they are one Redis
+    in the real deployment).
+    """
+    from locks import LockBackendUnavailable, LockLost, get_backend
 
     stop = stop or threading.Event()
     backend = get_backend(lock_backend)
     ttl = monitoring_settings.SWEEPER_LOCK_TTL
+    lock_name = monitoring_settings.SWEEPER_LOCK
+    retry = 0.5
+    after_outage = False
     while not stop.is_set():
-        lease = backend.acquire(monitoring_settings.SWEEPER_LOCK, ttl=ttl, blocking=True, timeout=ttl)
+        try:
+            lease = backend.acquire(lock_name, ttl=ttl, blocking=True, timeout=ttl)
+        except LockBackendUnavailable as exc:
+            logger.warning("sweeper lock store unavailable, retrying in %.1fs: %s", retry, exc)
+            after_outage = True
+            stop.wait(retry)
+            retry = min(retry * 2, ttl / 2)
+            continue
+        retry = 0.5
         if lease is None:
             continue
         logger.info("this sweeper now acts (lock token %s)", lease.token)
         sweeper = Sweeper()
-        last_extend = time.monotonic()
+        if after_outage:
+            sweeper.tracker.hold(sweeper.clock() + monitoring_settings.STORE_GRACE_PERIOD)
+            after_outage = False
         try:
-            while not stop.is_set():
-                started = time.monotonic()
-                close_old_connections()
-                if started - last_extend >= ttl / 3:
-                    if not backend.extend(lease, ttl):
-                        raise LockLost(f"sweeper lock {monitoring_settings.SWEEPER_LOCK} token {lease.token}")
-                    last_extend = started
-                lease.ensure_held()
-                sweeper.sweep()
-                stop.wait(max(0.0, monitoring_settings.SWEEP_INTERVAL - (time.monotonic() - started)))
+            after_outage = _sweep_while_held(sweeper, backend, lease, stop)
         except LockLost as exc:
             logger.error("sweeper lost its lock, stepping down: %s", exc)
+            after_outage = True  # most likely the lock store restarted and forgot the lease
         finally:
-            backend.release(lease)
+            try:
+                backend.release(lease)
+            except LockBackendUnavailable as exc:
+                logger.warning("could not release the sweeper lock token %s (it expires): %s", lease.token, exc)
+
+
+def _sweep_while_held(sweeper: Sweeper, backend, lease, stop: threading.Event) -> bool:
+    """Sweep until ``stop`` or until the lease is lost (``LockLost``); True if the lock store failed meanwhile."""
+    from locks import LockBackendUnavailable, LockLost
+
+    ttl = monitoring_settings.SWEEPER_LOCK_TTL
+    last_extend = time.monotonic()
+    store_failed = db_failed = False
+    while not stop.is_set():
+        started = time.monotonic()
+        close_old_connections()
+        if started - last_extend >= ttl / 3:
+            try:
+                if not backend.extend(lease, ttl):
+                    raise LockLost(lease.name, lease.token, "an extension found it expired or held by another owner")
+                last_extend = started
+            except LockBackendUnavailable as exc:
+                # The lease still holds until its local deadline; ensure_held() below says when not.
+                if not store_failed:
+                    logger.warning("could not extend the sweeper lock token %s: %s", lease.token, exc)
+                store_failed = True
+        lease.ensure_held()
+        try:
+            sweeper.sweep()
+            if db_failed:
+                logger.warning("the database is back: sweeping again")
+                db_failed = False
+        except (OperationalError, InterfaceError) as exc:
+            # Nothing to decide without the membership table; the next sweep is late and convicts nobody.
+            if not db_failed:
+                logger.error("database unavailable, skipping sweeps until it is back: %s", exc)
+            db_failed = True
+        stop.wait(max(0.0, monitoring_settings.SWEEP_INTERVAL - (time.monotonic() - started)))
+    return store_failed

@@ -80,38 +80,73 @@ def postgres() -> Iterator[str]:
     if _answers(url, _pg_ping):
         yield url
         return
-    initdb, pg_ctl = _pg_binary("initdb"), _pg_binary("pg_ctl")
-    if not (initdb and pg_ctl):
+    if not (_pg_binary("initdb") and _pg_binary("pg_ctl")):
         raise ServiceUnavailable(
             f"No PostgreSQL answers at {url} and no initdb/pg_ctl is installed: "
             "install the 'postgresql' package (apt-get install postgresql) or set RINGMASTER_TEST_DATABASE_URL."
         )
-    tmp = tempfile.mkdtemp(prefix="ringmaster-pg-")
-    if os.geteuid() == 0:
-        shutil.chown(tmp, "postgres", "postgres")
-    data, port = os.path.join(tmp, "data"), free_port()
-    subprocess.run(
-        _as_postgres_user([initdb, "-D", data, "-U", "postgres", "--auth=trust", "-E", "UTF8"]),
-        check=True,
-        capture_output=True,
-    )
-    opts = f"-p {port} -k {tmp} -c listen_addresses=127.0.0.1 -c fsync=off"
-    subprocess.run(
-        _as_postgres_user([pg_ctl, "-D", data, "-o", opts, "-l", os.path.join(tmp, "log"), "-w", "start"]),
-        check=True,
-        capture_output=True,
-    )
-    try:
-        admin_url = f"postgres://postgres@127.0.0.1:{port}/postgres"
+    with private_postgres() as server:
+        print(f"[services] started a private PostgreSQL on 127.0.0.1:{server.port}", flush=True)
+        yield server.url
+
+
+class PostgresServer:
+    """A throwaway PostgreSQL cluster (initdb + pg_ctl) on a free port that a test may stop and start.
+
+    ``stop()`` defaults to ``-m immediate``: every backend is killed at once and the next start runs
+    crash recovery, which is what a PostgreSQL crash or a failover looks like to the clients.
+    """
+
+    def __init__(self, *, database: str = "test") -> None:
+        self.initdb, self.pg_ctl = _pg_binary("initdb"), _pg_binary("pg_ctl")
+        if not (self.initdb and self.pg_ctl):
+            raise ServiceUnavailable("no initdb/pg_ctl: install the 'postgresql' package (apt-get install postgresql)")
+        self.database = database
+        self.tmp = tempfile.mkdtemp(prefix="ringmaster-pg-")
+        if os.geteuid() == 0:
+            shutil.chown(self.tmp, "postgres", "postgres")
+        self.data, self.port = os.path.join(self.tmp, "data"), free_port()
+        self.url = f"postgres://postgres@127.0.0.1:{self.port}/{database}"
+        self.admin_url = f"postgres://postgres@127.0.0.1:{self.port}/postgres"
+        subprocess.run(
+            _as_postgres_user([self.initdb, "-D", self.data, "-U", "postgres", "--auth=trust", "-E", "UTF8"]),
+            check=True,
+            capture_output=True,
+        )
+
+    def start(self) -> None:
+        opts = f"-p {self.port} -k {self.tmp} -c listen_addresses=127.0.0.1 -c fsync=off"
+        log = os.path.join(self.tmp, "log")
+        subprocess.run(
+            _as_postgres_user([self.pg_ctl, "-D", self.data, "-o", opts, "-l", log, "-w", "start"]),
+            check=True,
+            capture_output=True,
+        )
+
+    def stop(self, mode: str = "immediate") -> None:
+        subprocess.run(_as_postgres_user([self.pg_ctl, "-D", self.data, "-m", mode, "-w", "stop"]), capture_output=True)
+
+    def create_database(self) -> None:
         import psycopg
 
-        with psycopg.connect(admin_url.replace("postgres://", "postgresql://", 1), autocommit=True) as conn:
-            conn.execute("CREATE DATABASE test")
-        print(f"[services] started a private PostgreSQL on 127.0.0.1:{port}", flush=True)
-        yield f"postgres://postgres@127.0.0.1:{port}/test"
+        with psycopg.connect(self.admin_url.replace("postgres://", "postgresql://", 1), autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{self.database}"')
+
+    def remove(self) -> None:
+        self.stop()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def private_postgres(*, database: str = "test") -> Iterator[PostgresServer]:
+    """A throwaway PostgreSQL with an empty ``database``; tests also use it to stop PostgreSQL on purpose."""
+    server = PostgresServer(database=database)
+    try:
+        server.start()
+        server.create_database()
+        yield server
     finally:
-        subprocess.run(_as_postgres_user([pg_ctl, "-D", data, "-m", "immediate", "stop"]), capture_output=True)
-        shutil.rmtree(tmp, ignore_errors=True)
+        server.remove()
 
 
 @contextlib.contextmanager
@@ -129,28 +164,55 @@ def redis_server() -> Iterator[str]:
 @contextlib.contextmanager
 def private_redis() -> Iterator[str]:
     """A throwaway redis-server on a free port (tests also use it to stop Redis on purpose)."""
-    binary = shutil.which("redis-server")
-    if not binary:
-        raise ServiceUnavailable(
-            "No Redis answers and no redis-server is installed: install the 'redis-server' package "
-            "(apt-get install redis-server) or set RINGMASTER_TEST_REDIS_URL."
+    with private_redis_server() as server:
+        yield server.url
+
+
+class RedisServer:
+    """A throwaway redis-server with no persistence on a free port; ``stop``/``start`` keep the port."""
+
+    def __init__(self) -> None:
+        self.binary = shutil.which("redis-server")
+        if not self.binary:
+            raise ServiceUnavailable(
+                "No Redis answers and no redis-server is installed: install the 'redis-server' package "
+                "(apt-get install redis-server) or set RINGMASTER_TEST_REDIS_URL."
+            )
+        self.tmp = tempfile.mkdtemp(prefix="ringmaster-redis-")
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        args = ["--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", self.tmp]
+        self.proc = subprocess.Popen(
+            [self.binary, *args],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
-    tmp = tempfile.mkdtemp(prefix="ringmaster-redis-")
-    port = free_port()
-    proc = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", tmp],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"redis://127.0.0.1:{port}/0"
-    try:
         deadline = time.monotonic() + 10
-        while not _answers(url, _redis_ping):
-            if time.monotonic() > deadline or proc.poll() is not None:
-                raise ServiceUnavailable(f"redis-server did not start on port {port}")
+        while not _answers(self.url, _redis_ping):
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                raise ServiceUnavailable(f"redis-server did not start on port {self.port}")
             time.sleep(0.05)
-        yield url
+
+    def stop(self) -> None:
+        """Stop the server; with no persistence everything it held is gone."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+
+    def remove(self) -> None:
+        self.stop()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def private_redis_server() -> Iterator[RedisServer]:
+    """A ``RedisServer`` started for the block and removed after it."""
+    server = RedisServer()
+    try:
+        server.start()
+        yield server
     finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-        shutil.rmtree(tmp, ignore_errors=True)
+        server.remove()

@@ -93,7 +93,7 @@ def setup_cluster(user_model):
     from locks import get_backend
 
     user = user_model.objects.create_user(username="ops", password=PASSWORD, is_staff=True)
-    user.user_permissions.add(*Permission.objects.filter(codename__in=["force_release_locklease", "change_node"]))
+    user.user_permissions.add(*Permission.objects.filter(codename__in=["force_release_locklease", "drain_node"]))
     cluster_services.node_join(name="e2e-steady", zone="zone-a", actor="e2e")
     cluster_services.node_join(name="e2e-node", zone="zone-b", actor="e2e")
     return get_backend("default").acquire("e2e:report", ttl=300)

@@ -377,7 +377,7 @@ async def test_drain_is_recorded_with_the_user_as_actor(make_user):
     from cluster.models import MembershipEvent
 
     await sync_to_async(joined_active)("n1")
-    comm, _ = await staff_stream(await make_user("ops", perms=("change_node",)))
+    comm, _ = await staff_stream(await make_user("ops", perms=("drain_node",)))
     await comm.send_json_to({"action": "drain", "node": "n1", "id": "d"})
     reply = await receive_until(comm, lambda m: m.get("reply_to") == "d")
     assert reply["type"] == "reply", reply
