@@ -19,6 +19,8 @@ from typing import Any
 from django.db import transaction
 from django.utils import timezone
 
+from idempotency.services import record_break_lease
+
 from .models import OPEN_JOB_STATES, Job, JobState, Node, NodeState
 from .ring import HashRing
 from .routing import node_queue, route
@@ -31,6 +33,11 @@ ARGS_SIZE_CAP = 16_384
 
 # task name -> function(job_id, dispatch, queue, kwargs) that publishes a message; cluster_task fills it.
 PUBLISHERS: dict[str, Callable[[str, int, str, dict[str, Any]], None]] = {}
+
+
+def task_scope(task_name: str) -> str:
+    """The idempotency scope of a cluster_task's keys."""
+    return f"task:{task_name}"
 
 
 def canonical_json(kwargs: dict[str, Any]) -> str:
@@ -114,6 +121,9 @@ def jobs_hand_over(*, node: str, ring: HashRing, include_running: bool, reason: 
         )
         if not won:
             continue
+        if job.state == JobState.RUNNING and job.idempotency_key:
+            # Its holder died with the node: let the new owner take the key over now, not after the lease.
+            record_break_lease(scope=task_scope(job.task_name), key=job.idempotency_key)
         job.refresh_from_db()
         _publish_on_commit(job, queue, job.args)
         announce(job)

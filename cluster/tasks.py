@@ -37,7 +37,7 @@ from idempotency.keys import arguments_fingerprint
 from idempotency.leases import lease_keeper
 from locks import Lease, LockBackendUnavailable, LockLost, LockNotAcquired, lock
 
-from .jobs import PUBLISHERS, announce, canonical_json, job_create
+from .jobs import PUBLISHERS, announce, canonical_json, job_create, task_scope
 from .models import OPEN_JOB_STATES, Job, JobState
 from .routing import node_name_for
 
@@ -335,7 +335,11 @@ def run_job(spec: TaskSpec, task: Task, job_id: str, dispatch: int, kwargs: dict
         except (OperationalError, InterfaceError) as db_exc:
             # The database is what failed: the record says running a while longer, the retry runs all the same.
             logger.warning("job %s: could not record the retry (%s)", job_id, db_exc)
-        raise task.retry(exc=exc, countdown=spec.backoff(task.request.retries)) from exc
+        countdown = spec.backoff(task.request.retries)
+        if isinstance(exc, IdempotencyInProgress):
+            # The holder's lease says when to look again; blind backoff could wait far longer.
+            countdown = min(countdown, exc.retry_after)
+        raise task.retry(exc=exc, countdown=countdown) from exc
     except BaseException as exc:
         _release(claim)
         _finish(job, dispatch, JobState.FAILED, error=f"{type(exc).__name__}: {exc}")
@@ -348,7 +352,7 @@ def run_job(spec: TaskSpec, task: Task, job_id: str, dispatch: int, kwargs: dict
 def _claim(spec: TaskSpec, idem_key: str, kwargs: dict[str, Any]) -> idem.Claim:
     fingerprint = arguments_fingerprint(canonical_json(kwargs))
     claim = idem.record_claim(
-        scope=f"task:{spec.name}",
+        scope=task_scope(spec.name),
         key=idem_key,
         fingerprint=fingerprint,
         ttl=spec.idempotency_ttl,

@@ -118,7 +118,10 @@ def _database(url: str) -> dict:
         raise ImproperlyConfigured(f"DATABASE_URL is not a valid database URL ({exc}).") from exc
     engine = config.get("ENGINE", "")
     if engine == "django.db.backends.postgresql":
-        config.update(CONN_MAX_AGE=env.int("DJANGO_CONN_MAX_AGE", default=60), CONN_HEALTH_CHECKS=True)
+        # 0 by default: under ASGI every request runs in a new thread, and a persistent connection
+        # belongs to its thread, so CONN_MAX_AGE > 0 would open a connection per request and leave it
+        # open (benchmarks/results/heartbeats.md). Worker nodes started by run_node use 60.
+        config.update(CONN_MAX_AGE=env.int("DJANGO_CONN_MAX_AGE", default=0), CONN_HEALTH_CHECKS=True)
         config.setdefault("OPTIONS", {}).setdefault("connect_timeout", 5)
     elif engine == "django.db.backends.sqlite3":
         _sqlite_options(config)
@@ -187,6 +190,8 @@ else:
         "default": {
             "BACKEND": "django.core.cache.backends.filebased.FileBasedCache",
             "LOCATION": str(VAR_DIR / "cache"),
+            # The default 300 entries would cull live heartbeats once a cluster has more nodes than that.
+            "OPTIONS": {"MAX_ENTRIES": 100_000},
         }
     }
     CHANNEL_LAYERS = {
@@ -224,6 +229,8 @@ CELERY_RESULT_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TIMEZONE = "UTC"
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
+# Keep a worker's database connection across tasks (config/celery.py still retires broken or old ones).
+CELERY_DB_REUSE_MAX = 1000
 # Periodic tasks run by `celery beat`; each app adds its own entry by name.
 CELERY_BEAT_SCHEDULE: dict = {}
 # The idempotency reaper: deletes expired records in batches (also `manage.py purge_idempotency`).

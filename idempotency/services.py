@@ -296,6 +296,20 @@ def record_renew_lease(
     return updated > 0
 
 
+def record_break_lease(*, scope: str, key: str, now: datetime | None = None, using: str | None = None) -> bool:
+    """End the lease of an in-progress record whose holder is known to be gone (its node was declared
+    dead), so the next attempt takes it over at once instead of after the lease. The takeover bumps
+    the fencing token, so a holder that was only paused cannot complete it later."""
+    using = using or database_alias()
+    now = now or timezone.now()
+    updated = (
+        IdempotencyRecord.objects.using(using)
+        .filter(scope=scope, key=key, state=IdempotencyRecord.State.IN_PROGRESS, locked_until__gt=now)
+        .update(locked_until=now)
+    )
+    return updated > 0
+
+
 def _purgeable(now: datetime) -> Q:
     # An expired record whose holder is still inside its lease is left alone: deleting it would let a
     # duplicate start while the first attempt still runs.

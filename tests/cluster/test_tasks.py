@@ -247,3 +247,29 @@ def test_trim_deletes_only_old_finished_jobs():
         Job.objects.get(pk=old_open).pk,
         Job.objects.get(pk=fresh_done).pk,
     }
+
+
+def test_a_dead_nodes_running_job_frees_its_idempotency_claim(django_capture_on_commit_callbacks):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from idempotency import services as idem
+
+    for name in ("n1", "n2"):
+        worker_node(name)
+    with django_capture_on_commit_callbacks(execute=True):
+        ids = [t.record_op.delay(account=f"acct-{i}", op_id=f"run-{i}").id for i in range(10)]
+    job = Job.objects.filter(pk__in=ids, owner_node="n1").first()
+    Job.objects.filter(pk=job.pk).update(state="running")
+    claim = idem.record_claim(
+        scope=f"task:{job.task_name}", key=job.idempotency_key, fingerprint="f", ttl=timedelta(days=1), lease_seconds=30
+    )
+    assert claim.outcome == idem.CLAIMED
+    with django_capture_on_commit_callbacks(execute=True):
+        services.node_mark_suspect(node="n1")
+        services.node_mark_dead(node="n1")
+    record = IdempotencyRecord.objects.get(pk=claim.record.pk)
+    assert record.state == "in_progress" and record.locked_until <= timezone.now(), (
+        "the dead holder's claim can be taken over at once"
+    )

@@ -59,3 +59,33 @@ def test_worker_graceful_shutdown_drains_and_leaves(child_env):
         assert node_state("w2") == "left"
     finally:
         stop(worker)
+
+
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
+def test_two_sweepers_at_once_produce_one_transition(child_env):
+    """Both sweepers run for real; only the holder of the sweeper lock acts, so each verdict lands once."""
+    import subprocess
+    import sys
+
+    from tests.processes import ROOT
+
+    sweepers = [subprocess.Popen([sys.executable, "manage.py", "sweeper"], cwd=ROOT, env=child_env) for _ in range(2)]
+    worker = start_worker("w3", child_env)
+    try:
+        deadline = time.monotonic() + 60
+        while node_state("w3") != "active":
+            assert time.monotonic() < deadline, "the worker node never became active"
+            time.sleep(0.25)
+        os.killpg(worker.pid, signal.SIGKILL)
+        worker.wait(timeout=10)
+        deadline = time.monotonic() + 30
+        while node_state("w3") != "dead":
+            assert time.monotonic() < deadline, "the killed node was never declared dead"
+            time.sleep(0.25)
+        time.sleep(3)  # room for a second sweeper's duplicate verdict, were there one
+        states = list(MembershipEvent.objects.filter(node__name="w3").order_by("id").values_list("to_state", flat=True))
+        assert states == ["joining", "active", "suspect", "dead"], f"each transition exactly once: {states}"
+        assert all(p.poll() is None for p in sweepers), "both sweepers kept running (one acting, one waiting)"
+    finally:
+        stop(worker, *sweepers)

@@ -62,7 +62,8 @@ class Command(BaseCommand):
             "--without-mingle",
             "--without-gossip",
         ]
-        env = {**os.environ, "RINGMASTER_NODE_NAME": name}
+        # A worker's threads live long, so its database connections can too (unlike ASGI requests').
+        env = {"DJANGO_CONN_MAX_AGE": "60", **os.environ, "RINGMASTER_NODE_NAME": name}
         while not stop.is_set():
             if control_state(name) == "stopped":
                 stop.wait(0.5)
