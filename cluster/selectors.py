@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import threading
 import time
+from typing import Any
 
 from django.db.models import QuerySet
 
-from .models import ClusterState, MembershipEvent, Node, NodeState, RingEpoch
+from .models import ClusterState, Job, JobState, MembershipEvent, Node, NodeState, RingEpoch
 from .ring import HashRing
 from .settings import cluster_settings
 from .signals import membership_changed
@@ -77,3 +78,42 @@ def nodes_by_state() -> dict[str, int]:
 
 def recent_events(*, limit: int = 50) -> QuerySet[MembershipEvent]:
     return MembershipEvent.objects.select_related("node").order_by("-id")[:limit]
+
+
+_JOB_FIELDS = (
+    "id",
+    "task_name",
+    "state",
+    "owner_node",
+    "ran_on",
+    "attempts",
+    "created_at",
+    "started_at",
+    "finished_at",
+)
+
+
+def recent_jobs(*, limit: int = 100) -> list[dict[str, Any]]:
+    """The newest ``limit`` jobs plus any still running (up to ``limit`` more), newest first, as plain dicts.
+
+    Times are Unix timestamps; ``duration`` is seconds from start to finish (None until both are known).
+    """
+    recent = list(Job.objects.order_by("-created_at", "-id").values(*_JOB_FIELDS)[:limit])
+    seen = {row["id"] for row in recent}
+    running = Job.objects.filter(state=JobState.RUNNING).order_by("-created_at", "-id").values(*_JOB_FIELDS)[:limit]
+    rows = recent + [row for row in running if row["id"] not in seen]
+    rows.sort(key=lambda row: row["created_at"], reverse=True)
+    result = []
+    for row in rows:
+        started, finished = row["started_at"], row["finished_at"]
+        result.append(
+            {
+                **row,
+                "id": str(row["id"]),
+                "created_at": row["created_at"].timestamp(),
+                "started_at": started.timestamp() if started else None,
+                "finished_at": finished.timestamp() if finished else None,
+                "duration": (finished - started).total_seconds() if started and finished else None,
+            }
+        )
+    return result

@@ -6,10 +6,11 @@ Two sources feed a dashboard connection:
   from any process (``monitoring/events.py``). Each connection batches them: the first event of a
   quiet spell goes out at once, later ones at most every ``EVENT_FLUSH_INTERVAL`` seconds.
 - Heartbeats never touch the database or a signal, so tables (nodes, held locks, the ring, the
-  idempotency keys) are read by one ``LiveTables`` producer per process, every ``interval`` seconds
-  or sooner when an event says something moved, and only the changed rows are pushed to every
-  connection of the process. A thousand nodes beating at 1 Hz thus cost one read per second per
-  process and reach a browser as one message per second.
+  idempotency keys, recent jobs) are read by one ``LiveTables`` producer per process, every
+  ``interval`` seconds or sooner when an event says something moved, and only the changed rows are
+  pushed to every connection of the process (a topic's rows only to the connections that asked).
+  A thousand nodes beating at 1 Hz thus cost one read per second per process and reach a browser
+  as one message per second.
 
 Each connection writes through its own bounded outbox, so a slow browser never holds up the others:
 when its outbox overflows, its queued deltas are dropped and it is sent a fresh snapshot instead.
@@ -22,6 +23,7 @@ import json
 import logging
 import re
 import time
+import uuid
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -56,7 +58,7 @@ EVENT_BATCH_LIMIT = 200
 # Messages queued for one browser before it counts as slow and is resynchronised with a snapshot.
 OUTBOX_LIMIT = 64
 # Optional topics a page may ask for with ``?topics=``; nodes, locks, ring and events always come.
-OPTIONAL_TOPICS = frozenset({"idempotency"})
+OPTIONAL_TOPICS = frozenset({"idempotency", "jobs"})
 # Heartbeat times closer than this are the same beat (node_overview gives ages, read at slightly
 # different instants); real beats are a heartbeat interval apart.
 BEAT_JITTER = 0.05
@@ -94,6 +96,8 @@ class LiveTables:
         self.ring: HashRing | None = None
         self.ring_payload: dict[str, Any] | None = None
         self.idempotency: dict[str, Any] | None = None
+        self.jobs: dict[str, dict[str, Any]] = {}
+        self.jobs_loaded = False  # read only while a subscriber asks for the topic
         self.rates: deque[dict[str, float]] = deque(maxlen=self.history)
         self._ready = asyncio.Event()
         self._seen_events: deque[str] = deque(maxlen=4096)
@@ -114,7 +118,7 @@ class LiveTables:
             # HTTP views' thread, and the connection is closed when nobody watches any more.
             self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dashboard-live")
             self._task = self.loop.create_task(self._run(), name="dashboard-live-tables")
-        elif "idempotency" in topics and self.idempotency is None:
+        elif ("idempotency" in topics and self.idempotency is None) or ("jobs" in topics and not self.jobs_loaded):
             self.poke()
         try:
             await asyncio.wait_for(self._ready.wait(), self.first_tick_timeout)
@@ -154,6 +158,9 @@ class LiveTables:
         }
         if "idempotency" in topics:
             message["idempotency"] = self.idempotency
+        if "jobs" in topics:
+            # None until the first read for the topic: its rows then come as a delta.
+            message["jobs"] = list(self.jobs.values()) if self.jobs_loaded else None
         return message
 
     def note_event(self, event: dict[str, Any]) -> None:
@@ -211,18 +218,29 @@ class LiveTables:
         point = self._rate_point(self.now)
         if point is not None:
             delta["rate"] = point
-        with_idempotency = None
+        # Parts of the delta only the subscribers of a topic get.
+        extras: dict[str, Any] = {}
         if "idempotency" in state and state["idempotency"] != self.idempotency:
-            self.idempotency = state["idempotency"]
-            with_idempotency = _dumps({**delta, "idempotency": self.idempotency})
-        if len(delta) == 3 and with_idempotency is None:
+            self.idempotency = extras["idempotency"] = state["idempotency"]
+        if "jobs" in state:
+            jobs = _diff(self.jobs, {row["id"]: row for row in state["jobs"]}, "id")
+            self.jobs_loaded = True
+            if jobs:
+                extras["jobs"] = jobs
+        elif self.jobs_loaded:
+            self.jobs, self.jobs_loaded = {}, False  # nobody watches jobs: read them afresh when someone does
+        if len(delta) == 3 and not extras:
             return  # nothing moved: no message (type, seq and now only)
-        shared = _dumps(delta)
+        texts: dict[frozenset[str], str] = {}
         for consumer, wanted in list(self.subscribers.items()):
             if consumer.snapshot_seq is None:
                 continue  # its snapshot (taken after this read) is still to come
-            text = with_idempotency if with_idempotency is not None and "idempotency" in wanted else shared
-            consumer.enqueue(self.seq, text)
+            parts = frozenset(extras) & wanted
+            text = texts.get(parts)
+            if text is None:
+                text = texts[parts] = _dumps({**delta, **{name: extras[name] for name in parts}})
+            if parts or len(delta) > 3:
+                consumer.enqueue(self.seq, text)
 
     def _diff_nodes(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
         new = {}
@@ -353,6 +371,8 @@ class ClusterConsumer(AsyncWebsocketConsumer):
         return {
             "force_release": user.has_perm(dashboard.PERM_FORCE_RELEASE),
             "drain": user.has_perm(dashboard.PERM_DRAIN),
+            "retry_job": user.has_perm(dashboard.PERM_RETRY_JOB),
+            "requeue_job": user.has_perm(dashboard.PERM_REQUEUE_JOB),
         }
 
     # --- outbound -----------------------------------------------------------------------------
@@ -409,8 +429,8 @@ class ClusterConsumer(AsyncWebsocketConsumer):
         epoch = event.get("epoch")
         if event.get("ring_changed") and isinstance(epoch, int) and epoch > self.producer.announced_epoch:
             self.producer.announced_epoch = epoch
-        if event.get("ring_changed") or kind.startswith("lock_") or joined:
-            # The tables moved (shares, held locks, a new node): read them now rather than at the next tick.
+        if event.get("ring_changed") or kind.startswith("lock_") or joined or kind == "job":
+            # The tables moved (shares, held locks, a new node, a job): read them now rather than at the next tick.
             self.producer.poke()
         if len(self.pending_events) == self.pending_events.maxlen:
             self.dropped_events += 1
@@ -531,4 +551,41 @@ class ClusterConsumer(AsyncWebsocketConsumer):
             raise ActionError("illegal-transition", str(exc)) from None
         return {"node": node}
 
-    ACTIONS = {"lookup": _lookup, "force_release": _force_release, "drain": _drain}
+    async def _job_action(self, user: Any, message: dict, *, perm: str, verb: str, apply: Any) -> dict[str, Any]:
+        from cluster.models import Job
+
+        job_id = message.get("job")
+        try:
+            if not isinstance(job_id, str):
+                raise ValueError
+            job_id = str(uuid.UUID(job_id))
+        except ValueError:
+            raise ActionError("invalid-field", "job must be a job id (a UUID)") from None
+        if not await database_sync_to_async(user.has_perm)(perm):
+            raise ActionError("forbidden", f"{verb} a job needs the {perm} permission")
+        try:
+            result = await database_sync_to_async(apply)(job_id=job_id, actor=user)
+        except Job.DoesNotExist:
+            raise ActionError("unknown-job", f"no job {job_id}") from None
+        except ValueError as exc:
+            raise ActionError("illegal-transition", str(exc)) from None
+        self.producer.poke()
+        return result
+
+    async def _retry_job(self, user: Any, message: dict) -> dict[str, Any]:
+        return await self._job_action(
+            user, message, perm=dashboard.PERM_RETRY_JOB, verb="retrying", apply=dashboard.job_retry
+        )
+
+    async def _requeue_job(self, user: Any, message: dict) -> dict[str, Any]:
+        return await self._job_action(
+            user, message, perm=dashboard.PERM_REQUEUE_JOB, verb="requeueing", apply=dashboard.job_requeue
+        )
+
+    ACTIONS = {
+        "lookup": _lookup,
+        "force_release": _force_release,
+        "drain": _drain,
+        "retry_job": _retry_job,
+        "requeue_job": _requeue_job,
+    }

@@ -25,6 +25,7 @@ from xxhash import xxh3_64_intdigest
 
 from cluster import selectors as cluster_selectors
 from cluster import services as cluster_services
+from cluster.models import JobState
 from cluster.ring import HashRing
 
 from .audit import audit_record
@@ -42,6 +43,9 @@ RECENT_IDEMPOTENCY_KEYS = 50
 # Permissions of the dashboard's actions, as the admin checks them for the same changes.
 PERM_FORCE_RELEASE = "locks.force_release_locklease"
 PERM_DRAIN = "cluster.drain_node"
+PERM_RETRY_JOB = "cluster.retry_job"
+PERM_REQUEUE_JOB = "cluster.requeue_job"
+RECENT_JOBS = 100
 
 
 # --- pages ----------------------------------------------------------------------------------------
@@ -102,6 +106,19 @@ def idempotency(request: HttpRequest) -> HttpResponse:
         "dashboard/idempotency.html",
         "idempotency",
         [("Idempotency records", "idempotency_idempotencyrecord_changelist")],
+    )
+
+
+@staff_member_required
+def jobs(request: HttpRequest) -> HttpResponse:
+    return _page(
+        request,
+        "dashboard/jobs.html",
+        "jobs",
+        [("Jobs", "cluster_job_changelist")],
+        can_retry=request.user.has_perm(PERM_RETRY_JOB),
+        can_requeue=request.user.has_perm(PERM_REQUEUE_JOB),
+        job_states=JobState.choices,
     )
 
 
@@ -346,6 +363,42 @@ def idempotency_summary(*, limit: int = RECENT_IDEMPOTENCY_KEYS) -> dict[str, An
     }
 
 
+# --- jobs ---------------------------------------------------------------------------------------
+
+
+def job_rows(*, limit: int = RECENT_JOBS) -> list[dict[str, Any]]:
+    """Recent and running jobs, newest first, as the jobs table shows them."""
+    return cluster_selectors.recent_jobs(limit=limit)
+
+
+def _job_action(*, job_id: str, actor: Any, action: str) -> dict[str, Any]:
+    """Retry or requeue one job for an operator (Job.DoesNotExist, or ValueError when it cannot be)."""
+    from cluster import jobs as cluster_jobs
+    from cluster.models import Job
+
+    apply = cluster_jobs.job_retry if action == "retry" else cluster_jobs.job_requeue
+    with transaction.atomic():
+        job = Job.objects.select_for_update().get(pk=job_id)
+        before = job.state
+        job = apply(job=job, actor=actor.get_username())
+        audit_record(
+            action=f"job.{action}",
+            target=str(job.pk),
+            actor=actor,
+            source="dashboard",
+            detail=f"{before} -> {job.state} (dispatch {job.dispatch}, owner {job.owner_node or 'shared queue'})",
+        )
+    return {"job_id": str(job.pk), "state": job.state, "owner_node": job.owner_node, "dispatch": job.dispatch}
+
+
+def job_retry(*, job_id: str, actor: Any) -> dict[str, Any]:
+    return _job_action(job_id=job_id, actor=actor, action="retry")
+
+
+def job_requeue(*, job_id: str, actor: Any) -> dict[str, Any]:
+    return _job_action(job_id=job_id, actor=actor, action="requeue")
+
+
 # --- the whole live state -------------------------------------------------------------------------
 
 
@@ -368,4 +421,6 @@ def live_state(*, prev_ring: HashRing | None, topics: Iterable[str] = (), announ
         state["ring_moves"] = ring_moves(prev_ring, ring) if comparable else None
     if "idempotency" in topics:
         state["idempotency"] = idempotency_summary()
+    if "jobs" in topics:
+        state["jobs"] = job_rows()
     return state

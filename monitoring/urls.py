@@ -9,6 +9,7 @@ app_name = "dashboard"
 urlpatterns = [
     path("", dashboard.overview, name="overview"),
     path("ring/", dashboard.ring, name="ring"),
+    path("jobs/", dashboard.jobs, name="jobs"),
     path("locks/", dashboard.locks, name="locks"),
     path("idempotency/", dashboard.idempotency, name="idempotency"),
 ]

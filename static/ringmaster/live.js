@@ -17,6 +17,7 @@ export class Live extends EventTarget {
     this.ring = null;
     this.rates = [];
     this.idempotency = null;
+    this.jobs = new Map(); // job id -> row, with the "jobs" topic
     this.user = null;
     this.permissions = {};
     this.offset = 0; // server clock minus browser clock, seconds
@@ -132,6 +133,8 @@ export class Live extends EventTarget {
     this.ring = message.ring;
     this.rates = message.rates || [];
     if ("idempotency" in message) this.idempotency = message.idempotency;
+    // null: the server has not read the jobs yet; they follow as a delta.
+    if ("jobs" in message) this.jobs = new Map((message.jobs || []).map((row) => [row.id, row]));
     this.setStatus("live");
     this.dispatchEvent(new CustomEvent("snapshot", { detail: message }));
   }
@@ -159,6 +162,10 @@ export class Live extends EventTarget {
       if (this.rates.length > 300) this.rates.shift();
       this.dispatchEvent(new CustomEvent("rates", { detail: message.rate }));
     }
+    if (message.jobs) {
+      patchMap(this.jobs, message.jobs, "id");
+      this.dispatchEvent(new CustomEvent("jobs", { detail: message.jobs }));
+    }
     if (message.idempotency) {
       this.idempotency = message.idempotency;
       this.dispatchEvent(new CustomEvent("idempotency", { detail: message.idempotency }));
@@ -180,6 +187,21 @@ export class Live extends EventTarget {
       }
     }
     if (touched.length) this.dispatchEvent(new CustomEvent("nodes", { detail: { changed: touched } }));
+    // A job event says a job's state at once (the next jobs delta brings the rest of its row).
+    const jobs = [];
+    if (this.topics.includes("jobs") && !message.history) {
+      for (const event of message.events) {
+        if (event.kind !== "job" || !event.job_id) continue;
+        const row = {
+          id: event.job_id, task_name: event.task_name, state: event.state,
+          owner_node: event.owner_node, attempts: event.attempts,
+        };
+        const current = this.jobs.get(row.id);
+        this.jobs.set(row.id, current ? { ...current, ...row } : { ran_on: "", created_at: event.at, ...row });
+        jobs.push(row);
+      }
+    }
+    if (jobs.length) this.dispatchEvent(new CustomEvent("jobs", { detail: { changed: jobs } }));
     this.dispatchEvent(new CustomEvent("events", { detail: message }));
   }
 

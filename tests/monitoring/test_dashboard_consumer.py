@@ -320,6 +320,9 @@ async def test_lookup_returns_the_owner_and_preference_list(make_user):
         ({"action": "lookup", "key": "k", "n": 0}, "invalid-field"),
         ({"action": "force_release", "backend": "nope", "name": "x"}, "invalid-field"),
         ({"action": "drain", "node": "bad name!"}, "invalid-field"),
+        ({"action": "retry_job", "job": "not-a-uuid"}, "invalid-field"),
+        ({"action": "retry_job"}, "invalid-field"),
+        ({"action": "requeue_job", "job": 17}, "invalid-field"),
     ],
 )
 async def test_invalid_messages_get_an_error_naming_the_problem(make_user, message, error):
@@ -399,4 +402,132 @@ async def test_idempotency_topic_adds_the_keys_to_the_snapshot(make_user):
     else:
         summary = snapshot["idempotency"]
     assert summary["totals"]["keys"] == 0 and summary["recent"] == []
+    await comm.disconnect()
+
+
+# --- jobs -------------------------------------------------------------------------------------
+
+
+def make_job(*, state: str = "failed", owner_node: str = "", task_name: str = "tests.dash_job"):
+    import uuid
+
+    from cluster.jobs import announce
+    from cluster.models import Job
+
+    job = Job.objects.create(
+        id=uuid.uuid4(), task_name=task_name, args={}, args_digest="x", state=state, owner_node=owner_node, attempts=1
+    )
+    announce(job)  # outside a transaction: the job event goes out at once
+    return job
+
+
+@pytest.fixture
+def sent(monkeypatch):
+    """Messages a retried or requeued job would publish (no broker in these tests)."""
+    from cluster import jobs
+
+    messages = []
+    monkeypatch.setitem(jobs.PUBLISHERS, "tests.dash_job", lambda *args: messages.append(args))
+    return messages
+
+
+async def jobs_stream(user):
+    comm, snapshot = await staff_stream(user, "/ws/cluster/?topics=jobs")
+    if snapshot.get("jobs") is None:  # the first read may still be running for this topic
+        delta = await receive_until(comm, lambda m: m["type"] == "delta" and "jobs" in m)
+        return comm, delta["jobs"].get("changed", [])
+    return comm, snapshot["jobs"]
+
+
+async def test_jobs_topic_adds_the_recent_jobs_to_the_snapshot(make_user):
+    job = await sync_to_async(make_job)()
+    comm, rows = await jobs_stream(await make_user("ops"))
+    assert [(row["id"], row["state"], row["task_name"]) for row in rows] == [(str(job.pk), "failed", "tests.dash_job")]
+    await comm.disconnect()
+    plain, snapshot = await staff_stream(await make_user("other"))
+    assert "jobs" not in snapshot, "only pages asking for the topic get the jobs"
+    await plain.disconnect()
+
+
+async def test_a_new_job_produces_an_event_and_a_row_delta(make_user):
+    comm, rows = await jobs_stream(await make_user("ops"))
+    assert rows == []
+    job = await sync_to_async(make_job)(state="queued", owner_node="n9")
+    event = await receive_until(comm, lambda m: m["type"] == "events" and any(e["kind"] == "job" for e in m["events"]))
+    [relayed] = [e for e in event["events"] if e["kind"] == "job"]
+    assert (relayed["job_id"], relayed["state"], relayed["owner_node"]) == (str(job.pk), "queued", "n9")
+    delta = await receive_until(comm, lambda m: m["type"] == "delta" and "jobs" in m)
+    [row] = delta["jobs"]["changed"]
+    assert (row["id"], row["state"], row["owner_node"], row["attempts"]) == (str(job.pk), "queued", "n9", 1)
+    await comm.disconnect()
+
+
+async def test_retry_job_needs_the_permission(make_user, sent):
+    from cluster.models import Job
+
+    job = await sync_to_async(make_job)()
+    comm, _ = await jobs_stream(await make_user("viewer"))
+    await comm.send_json_to({"action": "retry_job", "job": str(job.pk), "id": "r"})
+    reply = await receive_until(comm, lambda m: m.get("reply_to") == "r")
+    assert (reply["type"], reply["error"]) == ("error", "forbidden")
+    assert (await sync_to_async(Job.objects.get)(pk=job.pk)).state == "failed", "the job is untouched"
+    assert sent == []
+    await comm.disconnect()
+
+
+async def test_retry_job_sends_a_failed_job_again_as_the_user(make_user, sent):
+    import uuid
+
+    from cluster.models import Job
+    from monitoring.models import AuditEntry
+
+    job = await sync_to_async(make_job)()
+    comm, _ = await jobs_stream(await make_user("ops", perms=("retry_job",)))
+    await comm.send_json_to({"action": "retry_job", "job": str(job.pk), "id": "r"})
+    reply = await receive_until(comm, lambda m: m.get("reply_to") == "r")
+    assert reply["type"] == "reply" and reply["state"] == "requeued" and reply["job_id"] == str(job.pk), reply
+    after = await sync_to_async(Job.objects.get)(pk=job.pk)
+    assert (after.state, after.dispatch, after.error) == ("requeued", 2, "sent again by ops")
+    assert [(job_id, dispatch) for job_id, dispatch, *_ in sent] == [(str(job.pk), 2)]
+    audit = await sync_to_async(lambda: list(AuditEntry.objects.values_list("action", "target", "actor")))()
+    assert audit == [("job.retry", str(job.pk), "ops")]
+
+    def requeued(message: dict) -> bool:
+        changed = message.get("jobs", {}).get("changed", []) if message["type"] == "delta" else []
+        return any(row.get("state") == "requeued" for row in changed)
+
+    delta = await receive_until(comm, requeued)
+    assert delta["jobs"]["changed"][0]["id"] == str(job.pk)
+    await comm.send_json_to({"action": "retry_job", "job": str(job.pk), "id": "again"})
+    reply = await receive_until(comm, lambda m: m.get("reply_to") == "again")
+    assert (reply["type"], reply["error"]) == ("error", "illegal-transition"), "only failed jobs are retried"
+    await comm.send_json_to({"action": "retry_job", "job": str(uuid.uuid4()), "id": "unknown"})
+    reply = await receive_until(comm, lambda m: m.get("reply_to") == "unknown")
+    assert (reply["type"], reply["error"]) == ("error", "unknown-job")
+    await comm.disconnect()
+
+
+async def test_requeue_job_moves_an_open_job_off_a_gone_node(make_user, sent):
+    from cluster.models import Job
+
+    job = await sync_to_async(make_job)(state="running", owner_node="gone-node")
+    comm, _ = await jobs_stream(await make_user("viewer", perms=("retry_job",)))
+    await comm.send_json_to({"action": "requeue_job", "job": str(job.pk), "id": "q"})
+    reply = await receive_until(comm, lambda m: m.get("reply_to") == "q")
+    assert (reply["type"], reply["error"]) == ("error", "forbidden"), "retry_job does not allow requeueing"
+    await comm.disconnect()
+    comm, _ = await jobs_stream(await make_user("ops", perms=("requeue_job",)))
+    await comm.send_json_to({"action": "requeue_job", "job": str(job.pk), "id": "q"})
+    reply = await receive_until(comm, lambda m: m.get("reply_to") == "q")
+    assert reply["type"] == "reply" and reply["state"] == "requeued", reply
+    after = await sync_to_async(Job.objects.get)(pk=job.pk)
+    assert (after.state, after.owner_node, after.dispatch) == ("requeued", "", 2), "no worker node: the shared queue"
+    assert len(sent) == 1
+    await comm.disconnect()
+
+
+async def test_hello_names_the_job_permissions(make_user):
+    comm = await connect(await make_user("ops", perms=("requeue_job",)))
+    hello = await comm.receive_json_from(timeout=5)
+    assert hello["permissions"]["requeue_job"] is True and hello["permissions"]["retry_job"] is False
     await comm.disconnect()

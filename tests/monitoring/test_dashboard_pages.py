@@ -9,7 +9,7 @@ from cluster import services as cluster_services
 from cluster.ring import HashRing
 from monitoring import dashboard
 
-PAGES = ["dashboard:overview", "dashboard:ring", "dashboard:locks", "dashboard:idempotency"]
+PAGES = ["dashboard:overview", "dashboard:ring", "dashboard:jobs", "dashboard:locks", "dashboard:idempotency"]
 
 pytestmark = pytest.mark.django_db
 
@@ -34,7 +34,9 @@ def test_pages_render_a_shell_with_a_module_script_and_no_inline_script(staff_cl
     assert 'id="live"' in html and 'role="status"' in html, "the live indicator is there and announced"
     for other in PAGES:
         assert f'href="{reverse(other)}"' in html, f"the navigation links {other}"
-    assert "jobs" not in reverse(name), "no jobs page until the Job model exists"
+    nav = html[html.index('<nav class="rm-nav"') : html.index("</nav>")]
+    ring, jobs, locks = (nav.index(f'href="{reverse(page)}"') for page in PAGES[1:4])
+    assert ring < jobs < locks, "Jobs sits between Ring and Locks in the navigation"
 
 
 def test_each_page_links_to_its_admin_change_lists(staff_client):
@@ -45,6 +47,8 @@ def test_each_page_links_to_its_admin_change_lists(staff_client):
     assert reverse("admin:cluster_node_lookup") in ring
     idempotency = staff_client.get(reverse("dashboard:idempotency")).content.decode()
     assert reverse("admin:idempotency_idempotencyrecord_changelist") in idempotency
+    jobs = staff_client.get(reverse("dashboard:jobs")).content.decode()
+    assert reverse("admin:cluster_job_changelist") in jobs
 
 
 def test_the_admin_links_back_to_the_dashboard(admin_client_):
@@ -52,6 +56,10 @@ def test_the_admin_links_back_to_the_dashboard(admin_client_):
     assert f'href="{reverse("dashboard:overview")}" id="rm-dashboard-link"' in index
     idempotency = admin_client_.get(reverse("admin:idempotency_idempotencyrecord_changelist")).content.decode()
     assert f'href="{reverse("dashboard:idempotency")}" id="rm-dashboard-link"' in idempotency
+    jobs = admin_client_.get(reverse("admin:cluster_job_changelist")).content.decode()
+    assert f'href="{reverse("dashboard:jobs")}" id="rm-dashboard-link"' in jobs
+    nodes = admin_client_.get(reverse("admin:cluster_node_changelist")).content.decode()
+    assert f'href="{reverse("dashboard:overview")}" id="rm-dashboard-link"' in nodes, "other pages: the overview"
 
 
 def test_locks_page_offers_force_release_only_with_the_permission(staff_client, superuser):
@@ -96,3 +104,44 @@ def test_key_lookup_places_the_key_in_its_owners_partition():
 def test_key_lookup_on_an_empty_ring_raises_lookup_error():
     with pytest.raises(LookupError):
         dashboard.key_lookup(key="k")
+
+
+def test_jobs_page_offers_retry_and_requeue_only_with_the_permissions(staff_client, superuser):
+    from django.test import Client
+
+    html = staff_client.get(reverse("dashboard:jobs")).content.decode()
+    assert 'data-can-retry="false"' in html and 'data-can-requeue="false"' in html
+    assert 'src="/static/ringmaster/jobs.js"' in html
+    assert '<option value="failed">' in html, "the state filter lists the job states"
+    root = Client()
+    root.force_login(superuser)
+    html = root.get(reverse("dashboard:jobs")).content.decode()
+    assert 'data-can-retry="true"' in html and 'data-can-requeue="true"' in html
+
+
+def test_recent_jobs_are_newest_first_with_a_duration():
+    import uuid
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from cluster.models import Job, JobState
+    from cluster.selectors import recent_jobs
+
+    now = timezone.now()
+    done = Job.objects.create(
+        id=uuid.uuid4(),
+        task_name="t.done",
+        args_digest="x",
+        state=JobState.SUCCEEDED,
+        attempts=1,
+        started_at=now,
+        finished_at=now + timedelta(seconds=2),
+        ran_on="n1",
+    )
+    running = Job.objects.create(id=uuid.uuid4(), task_name="t.run", args_digest="x", state=JobState.RUNNING)
+    rows = recent_jobs(limit=10)
+    assert [row["id"] for row in rows] == [str(running.pk), str(done.pk)]
+    assert rows[1]["duration"] == pytest.approx(2.0) and rows[1]["ran_on"] == "n1"
+    assert rows[0]["duration"] is None and isinstance(rows[0]["created_at"], float)
+    assert [row["id"] for row in recent_jobs(limit=1)] == [str(running.pk)]

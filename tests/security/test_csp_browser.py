@@ -69,7 +69,7 @@ def test_admin_and_dashboard_run_without_csp_violations(live_server_url, browser
     for path in ("/admin/monitoring/auditentry/", "/admin/locks/locklease/", "/admin/cluster/job/?o=1"):
         page.goto(f"{live_server_url}{path}")
 
-    for path in ("/dashboard/", "/dashboard/ring/", "/dashboard/locks/", "/dashboard/idempotency/"):
+    for path in ("/dashboard/", "/dashboard/ring/", "/dashboard/jobs/", "/dashboard/locks/", "/dashboard/idempotency/"):
         page.goto(f"{live_server_url}{path}")
         page.wait_for_selector("#live[data-state=live]", timeout=10_000)  # the WebSocket is allowed
 

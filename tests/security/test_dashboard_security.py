@@ -109,7 +109,7 @@ async def test_the_hello_lists_only_the_permitted_actions(make_user):
     comm.scope["user"] = await make_user("editor", "change_node")
     assert (await comm.connect())[0]
     hello = await comm.receive_json_from(timeout=5)
-    assert hello["permissions"] == {"force_release": False, "drain": False}
+    assert hello["permissions"] == {"force_release": False, "drain": False, "retry_job": False, "requeue_job": False}
     await comm.disconnect()
 
 

@@ -49,7 +49,7 @@ def inline_content(html: str) -> list[str]:
     return finder.found
 
 
-DASHBOARD_PAGES = ["dashboard:overview", "dashboard:ring", "dashboard:locks", "dashboard:idempotency"]
+DASHBOARD_PAGES = ["dashboard:overview", "dashboard:ring", "dashboard:jobs", "dashboard:locks", "dashboard:idempotency"]
 
 
 @pytest.mark.parametrize("name", DASHBOARD_PAGES)
