@@ -71,6 +71,10 @@ def _dumps(message: dict[str, Any]) -> str:
     return json.dumps(message, separators=(",", ":"), default=str)
 
 
+# A job event in one of these states counts as a job done for the jobs-per-second figure.
+FINISHED_JOB_STATES = ("succeeded", "duplicate", "failed")
+
+
 class LiveTables:
     """One per process (per event loop): reads the tables every tick and pushes changed rows to subscribers."""
 
@@ -105,6 +109,7 @@ class LiveTables:
         self.announced_epoch = 0  # the newest ring epoch an event told of
         self._beats = 0
         self._lock_acquisitions = 0
+        self._jobs_finished = 0
         self._contended = 0
         self._rate_since = time.time()
 
@@ -176,6 +181,8 @@ class LiveTables:
             self._lock_acquisitions += 1
             if event.get("contended"):
                 self._contended += 1
+        elif event.get("kind") == "job" and event.get("state") in FINISHED_JOB_STATES:
+            self._jobs_finished += 1
 
     # --- the loop ---------------------------------------------------------------------------
 
@@ -255,7 +262,7 @@ class LiveTables:
         return _diff(self.nodes, new, "name")
 
     def _rate_point(self, now: float) -> dict[str, float] | None:
-        """Heartbeats and lock acquisitions per second since the last point (one point a second at most)."""
+        """Heartbeats, lock acquisitions and finished jobs per second since the last point (one a second at most)."""
         elapsed = now - self._rate_since
         if elapsed < self.interval * 0.9:
             return None
@@ -264,8 +271,9 @@ class LiveTables:
             "beats": round(self._beats / elapsed, 2),
             "locks": round(self._lock_acquisitions / elapsed, 2),
             "contended": round(self._contended / elapsed, 2),
+            "jobs": round(self._jobs_finished / elapsed, 2),
         }
-        self._beats = self._lock_acquisitions = self._contended = 0
+        self._beats = self._lock_acquisitions = self._contended = self._jobs_finished = 0
         self._rate_since = now
         if self.seq <= 1:
             return None  # the first read has no earlier one to count beats against

@@ -125,6 +125,7 @@ function renderTotals() {
   const last = live.rates[live.rates.length - 1];
   setText(document.getElementById("total-beats"), last ? formatRate(last.beats) : "–");
   setText(document.getElementById("total-lock-rate"), last ? formatRate(last.locks) : "–");
+  setText(document.getElementById("total-job-rate"), last ? formatRate(last.jobs || 0) : "–");
   const minute = live.rates.slice(-60);
   const acquired = minute.reduce((sum, p) => sum + p.locks, 0);
   const contended = minute.reduce((sum, p) => sum + (p.contended || 0), 0);
@@ -136,19 +137,20 @@ function renderChart() {
   const points = live.rates;
   const width = 600;
   const height = 140;
-  const peak = Math.max(1, ...points.map((p) => Math.max(p.beats, p.locks)));
+  const peak = Math.max(1, ...points.map((p) => Math.max(p.beats, p.locks, p.jobs || 0)));
   setText(document.getElementById("chart-peak"), formatRate(peak));
   const now = points.length ? points[points.length - 1].t : 0;
   // Up to 5 minutes; a young history is stretched over at least one minute rather than a sliver.
   const span = points.length ? Math.min(300, Math.max(60, now - points[0].t)) : 300;
   const x = (t) => width - ((now - t) / span) * width;
   const y = (v) => height - 4 - (v / peak) * (height - 12);
-  const line = (field) => points.map((p) => `${x(p.t).toFixed(1)},${y(p[field]).toFixed(1)}`).join(" ");
+  const line = (field) => points.map((p) => `${x(p.t).toFixed(1)},${y(p[field] || 0).toFixed(1)}`).join(" ");
   const grid = [0.25, 0.5, 0.75].map((f) => svg("line", { x1: 0, x2: width, y1: y(peak * f), y2: y(peak * f), class: "rm-grid" }));
   chart.replaceChildren(
     ...grid,
     svg("polyline", { points: line("beats"), class: "rm-line rm-line-beats" }),
     svg("polyline", { points: line("locks"), class: "rm-line rm-line-locks" }),
+    svg("polyline", { points: line("jobs"), class: "rm-line rm-line-jobs" }),
   );
 }
 

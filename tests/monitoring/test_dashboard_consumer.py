@@ -531,3 +531,17 @@ async def test_hello_names_the_job_permissions(make_user):
     hello = await comm.receive_json_from(timeout=5)
     assert hello["permissions"]["requeue_job"] is True and hello["permissions"]["retry_job"] is False
     await comm.disconnect()
+
+
+async def test_finished_jobs_feed_the_jobs_per_second_rate():
+    import asyncio
+
+    from monitoring.consumers import LiveTables
+
+    tables = LiveTables(asyncio.get_running_loop())
+    for i, state in enumerate(["queued", "running", "succeeded", "duplicate", "failed"]):
+        tables.note_event({"id": f"e{i}", "kind": "job", "state": state})
+    tables.note_event({"id": "e2", "kind": "job", "state": "succeeded"})  # another connection's copy
+    tables.seq = 2  # past the first read, which has nothing to compare with
+    point = tables._rate_point(tables._rate_since + 1.0)
+    assert point["jobs"] == 3.0, "succeeded, duplicate and failed jobs count once each; open states do not"
