@@ -6,38 +6,22 @@ import asyncio
 import json
 
 import pytest
-import pytest_asyncio
 from asgiref.sync import sync_to_async
 from django.contrib.auth.models import Permission
 
 from cluster import services as cluster_services
-from monitoring import consumers
 from monitoring.consumers import CLOSE_POLICY, OUTBOX_LIMIT, ClusterConsumer
 from monitoring.models import AuditEntry
-from tests.monitoring.test_dashboard_consumer import receive_until, receive_until_close, staff_stream
+from tests.monitoring.test_dashboard_consumer import (  # noqa: F401 (the autouse fixtures apply here too)
+    close_thread_connections,
+    fast_ticks,
+    no_old_heartbeats,
+    receive_until,
+    receive_until_close,
+    staff_stream,
+)
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.asyncio]
-
-
-@pytest.fixture(autouse=True)
-def fresh_cache():
-    from django.core.cache import cache
-
-    cache.clear()
-
-
-@pytest_asyncio.fixture(autouse=True)
-async def close_thread_connections():
-    yield
-    from django.db import connections
-
-    await sync_to_async(connections.close_all)()
-
-
-@pytest.fixture(autouse=True)
-def fast_ticks(monkeypatch):
-    monkeypatch.setattr(consumers.LiveTables, "interval", 0.2)
-    monkeypatch.setattr(consumers.LiveTables, "min_spacing", 0.05)
 
 
 @pytest.fixture
