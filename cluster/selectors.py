@@ -13,7 +13,7 @@ from typing import Any
 
 from django.db.models import QuerySet
 
-from .models import ClusterState, Job, JobState, MembershipEvent, Node, NodeState, RingEpoch
+from .models import ClusterState, Job, JobState, MembershipEvent, Node, RingEpoch
 from .ring import HashRing
 from .settings import cluster_settings
 from .signals import membership_changed
@@ -69,13 +69,6 @@ def owners_of(key: str | bytes, n: int) -> list[str]:
     return current_ring().get_nodes(key, n)
 
 
-def nodes_by_state() -> dict[str, int]:
-    counts = dict.fromkeys(NodeState.values, 0)
-    for state in Node.objects.values_list("state", flat=True):
-        counts[state] += 1
-    return counts
-
-
 def recent_events(*, limit: int = 50) -> QuerySet[MembershipEvent]:
     return MembershipEvent.objects.select_related("node").order_by("-id")[:limit]
 
@@ -117,3 +110,16 @@ def recent_jobs(*, limit: int = 100) -> list[dict[str, Any]]:
             }
         )
     return result
+
+
+def node_for_token(token: str) -> Node | None:
+    """The node whose API token this is, or None (unknown or rotated away).
+
+    Looked up by the token's sha256: the secret itself is never compared, and an index lookup on a
+    digest of a 256-bit random token tells a timing attacker nothing about the token.
+    """
+    from .services import hash_token
+
+    if not isinstance(token, str) or not token:
+        return None
+    return Node.objects.filter(token_hash=hash_token(token)).only("name", "state", "incarnation").first()

@@ -9,7 +9,6 @@ node's state, the new ring and the ``MembershipEvent`` commit together or not at
 from __future__ import annotations
 
 import hashlib
-import hmac
 import math
 import re
 import secrets
@@ -282,13 +281,6 @@ def node_rotate_token(*, node: Node | str) -> str:
     if not updated:
         raise UnknownNode(str(node))
     return token
-
-
-def node_check_token(*, node: Node, token: str) -> bool:
-    """Whether ``token`` is the node's current API token (constant-time comparison)."""
-    if not node.token_hash or not isinstance(token, str):
-        return False
-    return hmac.compare_digest(node.token_hash, hash_token(token))
 
 
 def _get(node: Node | str) -> Node:

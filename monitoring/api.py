@@ -25,8 +25,7 @@ from ninja.security import APIKeyHeader
 from pydantic import Field
 
 from cluster.models import NODE_NAME_RE, MembershipEvent, Node
-from cluster.selectors import current_ring
-from cluster.services import hash_token
+from cluster.selectors import current_ring, node_for_token
 from idempotency.problems import PROBLEM_CONTENT_TYPE, problem_response
 
 from . import selectors
@@ -56,10 +55,6 @@ def _bearer(request: HttpRequest) -> str | None:
     return token.strip() if scheme.lower() == "bearer" and token.strip() else None
 
 
-def _node_for_token(token: str) -> Node | None:
-    return Node.objects.filter(token_hash=hash_token(token)).only("name", "state", "incarnation").first()
-
-
 class StaffOrNodeToken(APIKeyHeader):
     """Read access: a staff session, or any node's bearer token."""
 
@@ -74,7 +69,7 @@ class StaffOrNodeToken(APIKeyHeader):
 
     def authenticate(self, request: HttpRequest, key: str | None):
         token = _bearer(request)
-        return _node_for_token(token) if token else None
+        return node_for_token(token) if token else None
 
 
 def _not_found(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
@@ -278,7 +273,7 @@ class NodeToken(APIKeyHeader):
         token = _bearer(request)
         if token is None:
             raise ApiProblem(401, "unauthenticated", "Authentication required", "missing 'Authorization: Bearer' token")
-        holder = _node_for_token(token)
+        holder = node_for_token(token)
         if holder is None:
             raise ApiProblem(401, "unauthenticated", "Authentication required", "unknown or revoked token")
         if holder.name != request.resolver_match.kwargs.get("name"):
