@@ -277,9 +277,10 @@ def node_set_weight(*, node: Node | str, weight: float, actor: str = "") -> Memb
 def node_rotate_token(*, node: Node | str) -> str:
     """Give the node a new API token; the old one stops working at once."""
     token, token_hash = _new_token()
-    updated = Node.objects.filter(name=_get(node).name).update(token_hash=token_hash)
-    if not updated:
-        raise UnknownNode(str(node))
+    current = _get(node)
+    current.token_hash = token_hash
+    # save(), not update(): receivers of post_save (the heartbeat API's token cache) must hear of it.
+    current.save(update_fields=["token_hash"])
     return token
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import math
 import time
 from http import HTTPStatus
 from typing import Annotated, Any
@@ -31,7 +30,7 @@ from idempotency.problems import PROBLEM_CONTENT_TYPE, problem_response
 from . import selectors
 from .heartbeats import HeartbeatStoreUnavailable
 from .middleware import database_unavailable
-from .ratelimit import get_limiter
+from .ratelimit import get_limiter, refusal_detail
 from .services import heartbeat_record
 from .settings import monitoring_settings
 
@@ -296,15 +295,23 @@ def _check_rate(node: str) -> None:
         return
     decision = limiter.hit(node, now=time.time())
     if not decision.allowed:
-        retry_after = max(1, math.ceil(decision.retry_after))
-        limit = limiter.limit
-        raise ApiProblem(
-            429,
-            "rate-limited",
-            "Too many heartbeats",
-            f"node {node} may send {limit.rate:g} beats/s (bursts of {limit.burst}); retry in {retry_after} s",
-            headers={"Retry-After": str(retry_after)},
-        )
+        raise ApiProblem(429, "rate-limited", "Too many heartbeats", **rate_limited(node, decision.retry_after))
+
+
+def rate_limited(node: str, retry_after: float) -> dict[str, Any]:
+    """The 429's detail and headers (also answered by the ASGI fast path, monitoring/gateway.py)."""
+    detail, seconds = refusal_detail(node, get_limiter().limit, retry_after)
+    return {"detail": detail, "headers": {"Retry-After": str(seconds)}}
+
+
+def heartbeat_reply(*, name: str, state: str, incarnation: int) -> dict[str, Any]:
+    """The body of an accepted heartbeat: the node's state as the cluster sees it, and when to beat next."""
+    return {
+        "node": name,
+        "state": state,
+        "incarnation": incarnation,
+        "interval": monitoring_settings.HEARTBEAT_INTERVAL,
+    }
 
 
 @api.post(
@@ -332,12 +339,7 @@ def heartbeat(request: HttpRequest, name: NodeName, payload: HeartbeatIn):
             f"incarnation {payload.incarnation} is older than the node's current {node.incarnation}",
         )
     heartbeat_record(node=name, incarnation=payload.incarnation, seq=payload.seq, load=payload.load, path="http")
-    return {
-        "node": name,
-        "state": node.state,
-        "incarnation": node.incarnation,
-        "interval": monitoring_settings.HEARTBEAT_INTERVAL,
-    }
+    return heartbeat_reply(name=name, state=node.state, incarnation=node.incarnation)
 
 
 @api.get(

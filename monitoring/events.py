@@ -30,6 +30,7 @@ logger = logging.getLogger(__name__)
 # The fields of a lock signal that reach dashboards (never the backend class sent as ``sender``).
 _LOCK_FIELDS = ("name", "token", "owner", "backend", "reason", "contended")
 
+
 class _Relay:
     """Sends events to the channel layer from one background thread per process.
 
@@ -112,6 +113,7 @@ def _lock_relay(kind: str):
 _on_lock_acquired = _lock_relay("lock_acquired")
 _on_lock_released = _lock_relay("lock_released")
 _on_lock_lost = _lock_relay("lock_lost")
+
 
 def _on_job_state_changed(sender: Any, **payload: Any) -> None:
     publish("job", {k: v for k, v in payload.items() if k != "signal"})

@@ -10,6 +10,8 @@ class and its ``OPTIONS``.
 from __future__ import annotations
 
 import json
+import logging
+import secrets
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -18,9 +20,15 @@ from typing import Any
 from django.core.cache import caches
 from django.core.exceptions import ImproperlyConfigured
 from django.core.signals import setting_changed
+from django.db import transaction
+from django.db.models.signals import post_delete, post_save
 from django.utils.module_loading import import_string
 
+from cluster.models import Node
+
 from .settings import monitoring_settings
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -114,3 +122,49 @@ def _reset_store(*, setting: str, **kwargs: Any) -> None:
 
 
 setting_changed.connect(_reset_store, dispatch_uid="monitoring-reset-heartbeat-store")
+
+
+# --- auth versions of the heartbeat API's fast path (monitoring/gateway.py) ------------------
+#
+# A counter per node that every server process compares with the one its cached copy of the
+# node's token was loaded at. Bumped after every commit that saves the node's row.
+
+VERSION_KEY_PREFIX = "rm:hb-auth:"
+
+
+def version_cache():
+    """The heartbeat API's cache (``HEARTBEAT_RATE_CACHE``): rate-limit state and auth versions."""
+    return caches[monitoring_settings.HEARTBEAT_RATE_CACHE]
+
+
+def auth_version(name: str) -> int:
+    """The node's current auth version, created (at a random value) when the cache has none."""
+    cache, key = version_cache(), VERSION_KEY_PREFIX + name
+    # Random, not 0: after the cache loses its keys, a fresh version never equals one cached before.
+    cache.add(key, secrets.randbelow(2**52) + 1, timeout=None)
+    version = cache.get(key)
+    if version is None:
+        raise HeartbeatStoreUnavailable(f"the auth version of {name} could not be kept")
+    return int(version)
+
+
+def auth_version_bump(name: str) -> None:
+    """Invalidate every process's cached token of ``name`` (called after the commit that changed it)."""
+    cache, key = version_cache(), VERSION_KEY_PREFIX + name
+    try:
+        try:
+            cache.incr(key)
+        except ValueError:  # no version yet: nobody cached this node's token
+            cache.add(key, secrets.randbelow(2**52) + 1, timeout=None)
+    except Exception:  # the cache is down: cached tokens expire within CACHE_MAX_AGE
+        logger.exception("could not bump the heartbeat auth version of node %s", name)
+
+
+def _node_changed(sender: Any, instance: Node, **kwargs: Any) -> None:
+    # After commit: a bump before it would let a reload read the old row and cache it as current.
+    name = instance.name
+    transaction.on_commit(lambda: auth_version_bump(name))
+
+
+post_save.connect(_node_changed, sender=Node, dispatch_uid="monitoring-gateway-node-saved")
+post_delete.connect(_node_changed, sender=Node, dispatch_uid="monitoring-gateway-node-deleted")

@@ -75,20 +75,37 @@ def gcra(*, tat: int | None, now: float, limit: RateLimit) -> Decision:
 
 
 # The same decision as gcra(), atomically in Redis, in integer microseconds (exact in Lua's doubles
-# up to 2**53, some 285 years of Unix time). Replies are integers: allowed, and microseconds to wait.
-_REDIS_GCRA = """
-local now = tonumber(ARGV[1])
-local period = tonumber(ARGV[2])
-local tolerance = tonumber(ARGV[3])
-local tat = tonumber(redis.call('GET', KEYS[1]) or ARGV[1])
-if tat < now then tat = now end
-if tat - now > tolerance then
-  return {0, tat - now - tolerance}
+# up to 2**53, some 285 years of Unix time): a Lua function returning (allowed, microseconds to wait),
+# shared by the limiter's own script and the heartbeat fast path's (monitoring/gateway.py).
+REDIS_GCRA_FUNCTION = """
+local function gcra(key, now, period, tolerance)
+  local tat = tonumber(redis.call('GET', key) or now)
+  if tat < now then tat = now end
+  if tat - now > tolerance then
+    return 0, tat - now - tolerance
+  end
+  local new_tat = tat + period
+  redis.call('SET', key, string.format('%d', new_tat), 'PX', math.floor((new_tat - now) / 1000) + 1000)
+  return 1, 0
 end
-local new_tat = tat + period
-redis.call('SET', KEYS[1], string.format('%d', new_tat), 'PX', math.floor((new_tat - now) / 1000) + 1000)
-return {1, 0}
 """
+
+_REDIS_GCRA = (
+    REDIS_GCRA_FUNCTION
+    + """
+local allowed, wait = gcra(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]))
+return {allowed, wait}
+"""
+)
+
+
+def refusal_detail(node: str, limit: RateLimit, retry_after: float) -> tuple[str, int]:
+    """The 429's detail text and its ``Retry-After`` in whole seconds (at least 1)."""
+    seconds = max(1, math.ceil(retry_after))
+    return (
+        f"node {node} may send {limit.rate:g} beats/s (bursts of {limit.burst}); retry in {seconds} s",
+        seconds,
+    )
 
 
 class CacheRateLimiter:
