@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import functools
 import hashlib
 import json
 import logging
@@ -37,6 +38,7 @@ from typing import Any
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.core.cache import caches
+from django.core.signals import setting_changed
 from django.db import DatabaseError, close_old_connections
 from django.http.request import split_domain_port, validate_host
 from pydantic import ValidationError
@@ -140,61 +142,110 @@ class RedisIngest:
     """The same three steps as one Lua script on the store's Redis: one round trip, atomic.
 
     Keys and values are made exactly as django-redis makes them (``make_key``, ``client.encode``),
-    so the sweeper reads these beats through the cache like any other.
+    so the sweeper reads these beats through the cache like any other. Beats of requests served
+    concurrently by this process share round trips (``_Pipeline``).
     """
 
     def __init__(self, store: CacheHeartbeatStore) -> None:
         self.store, self.limiter = store, get_limiter()
         self.cache = caches[store.cache_alias]
-        location = settings.CACHES[store.cache_alias]["LOCATION"]
+        config = settings.CACHES[store.cache_alias]
+        location = config["LOCATION"]
         self.url = location[0] if isinstance(location, list | tuple) else location
-        self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = weakref.WeakKeyDictionary()
-        self._sha: str | None = None
+        self.timeout = config.get("OPTIONS", {}).get("SOCKET_TIMEOUT", 5)
+        self._pipelines: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Pipeline] = weakref.WeakKeyDictionary()
 
-    def _client(self) -> Any:
-        import redis.asyncio
-
+    def _pipeline(self) -> _Pipeline:
         loop = asyncio.get_running_loop()
-        client = self._clients.get(loop)
-        if client is None:
-            timeout = settings.CACHES[self.store.cache_alias].get("OPTIONS", {}).get("SOCKET_TIMEOUT", 5)
-            client = redis.asyncio.Redis.from_url(self.url, socket_timeout=timeout, socket_connect_timeout=timeout)
-            self._clients[loop] = client
-        return client
+        pipeline = self._pipelines.get(loop)
+        if pipeline is None:  # redis.asyncio clients belong to one event loop
+            import redis.asyncio
+
+            client = redis.asyncio.Redis.from_url(
+                self.url, socket_timeout=self.timeout, socket_connect_timeout=self.timeout
+            )
+            pipeline = self._pipelines[loop] = _Pipeline(client)
+        return pipeline
 
     async def admit(self, auth: NodeAuth, beat: Beat) -> tuple[Outcome, float]:
-        import redis.exceptions
-
         limit = self.limiter.limit if self.limiter is not None else None
-        keys = [
+        keys_and_args = (
             self.cache.make_key(VERSION_KEY_PREFIX + auth.name),
             self.cache.make_key(RATE_KEY_PREFIX + auth.name),
             self.cache.make_key(self.store.prefix + auth.name),
-        ]
-        args = [
             str(auth.version),
             micros(beat.received_at),
             limit.period_us if limit else 0,
             limit.tolerance_us if limit else 0,
             self.cache.client.encode(beat.to_json()),
             self.store.ttl,
-        ]
-        client = self._client()
+        )
         try:
-            if self._sha is None:
-                self._sha = await client.script_load(_INGEST_SCRIPT)
-            try:
-                status, wait_us = await client.evalsha(self._sha, len(keys), *keys, *args)
-            except redis.exceptions.NoScriptError:  # Redis restarted and lost its script cache
-                self._sha = await client.script_load(_INGEST_SCRIPT)
-                status, wait_us = await client.evalsha(self._sha, len(keys), *keys, *args)
-        except redis.exceptions.RedisError as exc:
+            status, wait_us = await self._pipeline().run(keys_and_args)
+        except Exception as exc:  # redis-py's connection, timeout and response errors
             raise HeartbeatStoreUnavailable(f"could not record a beat of {auth.name}: {exc}") from exc
         if status == -1:
             return Outcome.STALE, 0.0
         if status == 0:
             return Outcome.RATE_LIMITED, int(wait_us) / 1_000_000
         return Outcome.RECORDED, 0.0
+
+
+class _Pipeline:
+    """Runs the ingest script for concurrent requests in shared round trips, one batch in flight at a time.
+
+    A beat that arrives while a batch is out waits for it to return and goes with the next one: at
+    low load every beat has its own round trip, under load one write and one read carry dozens of
+    beats (most of a beat's cost in redis-py is per round trip, not per command).
+    """
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self.sha: str | None = None
+        self.waiting: list[tuple[tuple, asyncio.Future]] = []
+        self.sender: asyncio.Task | None = None
+
+    async def run(self, keys_and_args: tuple) -> list[int]:
+        future = asyncio.get_running_loop().create_future()
+        self.waiting.append((keys_and_args, future))
+        if self.sender is None:
+            self.sender = asyncio.create_task(self._send())
+        return await future
+
+    async def _send(self) -> None:
+        try:
+            while self.waiting:
+                batch, self.waiting = self.waiting, []
+                try:
+                    replies = await self._execute([item for item, _ in batch])
+                except Exception as exc:
+                    replies = [exc] * len(batch)
+                for (_, future), reply in zip(batch, replies, strict=True):
+                    if future.done():  # its request was cancelled (the client went away)
+                        continue
+                    if isinstance(reply, Exception):
+                        future.set_exception(reply)
+                    else:
+                        future.set_result(reply)
+        finally:
+            self.sender = None
+
+    async def _execute(self, items: list[tuple]) -> list[Any]:
+        import redis.exceptions
+
+        if self.sha is None:
+            self.sha = await self.client.script_load(_INGEST_SCRIPT)
+        replies = await self._evalsha(items)
+        if any(isinstance(r, redis.exceptions.NoScriptError) for r in replies):  # Redis restarted: load it again
+            self.sha = await self.client.script_load(_INGEST_SCRIPT)
+            replies = await self._evalsha(items)
+        return replies
+
+    async def _evalsha(self, items: list[tuple]) -> list[Any]:
+        pipe = self.client.pipeline(transaction=False)
+        for item in items:
+            pipe.evalsha(self.sha, 3, *item)
+        return await pipe.execute(raise_on_error=False)
 
 
 def _ingest() -> CacheIngest | RedisIngest:
@@ -351,7 +402,8 @@ def _django_would_serve(scope: dict) -> bool:
     return bool(domain) and validate_host(domain, allowed)
 
 
-def _security_headers(scope: dict) -> list[tuple[bytes, bytes]]:
+@functools.cache
+def _security_headers(secure: bool) -> list[tuple[bytes, bytes]]:
     """What Django's SecurityMiddleware and XFrameOptionsMiddleware add to an API answer."""
     headers = [
         (b"x-content-type-options", b"nosniff"),
@@ -362,7 +414,7 @@ def _security_headers(scope: dict) -> list[tuple[bytes, bytes]]:
         headers.append((b"referrer-policy", settings.SECURE_REFERRER_POLICY.encode()))
     if settings.SECURE_CROSS_ORIGIN_OPENER_POLICY:
         headers.append((b"cross-origin-opener-policy", settings.SECURE_CROSS_ORIGIN_OPENER_POLICY.encode()))
-    if settings.SECURE_HSTS_SECONDS and _is_secure(scope):
+    if settings.SECURE_HSTS_SECONDS and secure:
         value = f"max-age={settings.SECURE_HSTS_SECONDS}"
         if settings.SECURE_HSTS_INCLUDE_SUBDOMAINS:
             value += "; includeSubDomains"
@@ -372,13 +424,20 @@ def _security_headers(scope: dict) -> list[tuple[bytes, bytes]]:
     return headers
 
 
+def _forget_headers(*, setting: str, **kwargs: Any) -> None:
+    _security_headers.cache_clear()
+
+
+setting_changed.connect(_forget_headers, dispatch_uid="monitoring-gateway-security-headers")
+
+
 async def _respond(send: Callable, scope: dict, status: int, body: dict, extra: dict[str, str]) -> None:
     content = json.dumps(body).encode()
     content_type = PROBLEM_CONTENT_TYPE if status >= 400 else "application/json"
     headers = [
         (b"content-type", content_type.encode()),
         (b"content-length", str(len(content)).encode()),
-        *_security_headers(scope),
+        *_security_headers(_is_secure(scope)),
         *((name.lower().encode(), value.encode()) for name, value in extra.items()),
     ]
     await send({"type": "http.response.start", "status": status, "headers": headers})

@@ -28,8 +28,14 @@ def heartbeat_record(
     """Keep a node's latest beat in the heartbeat store (never a database write)."""
     beat = Beat(incarnation=incarnation, seq=seq, received_at=time.time() if now is None else now, load=load or {})
     get_store().record(node, beat)
-    HEARTBEATS_RECEIVED.labels(path=path).inc()
+    counter = _COUNTERS.get(path)
+    if counter is None:  # labels() takes a lock and builds a key: once per path, not once per beat
+        counter = _COUNTERS[path] = HEARTBEATS_RECEIVED.labels(path=path)
+    counter.inc()
     return beat
+
+
+_COUNTERS: dict[str, Any] = {}
 
 
 def worker_node_start(

@@ -234,3 +234,34 @@ def test_a_chunked_body_over_the_cap_is_handed_on_whole(node_and_token, fast):
 def test_the_store_call_is_one_redis_script_on_redis_and_the_cache_elsewhere(settings):
     expected = gateway.RedisIngest if "django_redis" in settings.CACHES["default"]["BACKEND"] else gateway.CacheIngest
     assert type(gateway._ingest()) is expected
+
+
+@pytest.mark.services
+def test_a_redis_outage_is_a_503_problem_and_beats_resume_after_it(node_and_token):
+    from django.test import override_settings
+
+    from tests.services import private_redis_server
+
+    _, token = node_and_token
+    with private_redis_server() as redis_server:
+        caches_at = {
+            "default": {
+                "BACKEND": "django_redis.cache.RedisCache",
+                "LOCATION": redis_server.url,
+                "OPTIONS": {"SOCKET_CONNECT_TIMEOUT": 1, "SOCKET_TIMEOUT": 1},
+            }
+        }
+        with override_settings(CACHES=caches_at):
+            app = gateway.HeartbeatFastPath(Recorder())
+            assert asgi_post(app, "fp-1", token).status_code == 200
+            redis_server.stop()
+            down = asgi_post(app, "fp-1", token, {"incarnation": 1, "seq": 2})
+            assert down.status_code == 503, down.content
+            assert down["Content-Type"] == "application/problem+json"
+            assert down.json()["type"] == "urn:ringmaster:problem:heartbeat-store-unavailable"
+            assert down["Retry-After"] == "1"
+            # Back on the same port, empty (no persistence): auth versions and the script are gone; beats go on.
+            redis_server.start()
+            again = asgi_post(app, "fp-1", token, {"incarnation": 1, "seq": 3})
+            assert again.status_code == 200, again.content
+            assert get_store().latest(["fp-1"])["fp-1"].seq == 3
