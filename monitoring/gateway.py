@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import enum
 import functools
-import hashlib
 import json
 import logging
 import re
@@ -45,6 +44,7 @@ from pydantic import ValidationError
 
 from cluster.models import NODE_NAME_RE
 from cluster.selectors import node_for_token
+from cluster.services import hash_token
 from idempotency.problems import PROBLEM_CONTENT_TYPE, problem_body
 
 from .api import HeartbeatIn, heartbeat_reply, rate_limited
@@ -307,6 +307,10 @@ class HeartbeatFastPath:
             detail = "the database did not answer; retry shortly"
             problem = problem_body(503, "database-unavailable", "Database unavailable", detail)
             answer = (503, problem, {"Retry-After": DATABASE_RETRY_AFTER})
+        except Exception:
+            # As the API's own handler does: logged with its traceback, the client learns nothing of the internals.
+            logger.exception("heartbeat fast path error on %s", scope["path"])
+            answer = (500, problem_body(500, "internal-error", "Internal server error", "the error was logged"), {})
         if answer is None:
             return await self.app(scope, replay, send)
         await _respond(send, scope, *answer)
@@ -324,7 +328,7 @@ class HeartbeatFastPath:
         if self._ingest is None:
             self._ingest = _ingest()
         beat = Beat(incarnation=payload.incarnation, seq=payload.seq, received_at=time.time(), load=payload.load)
-        digest = hashlib.sha256(token.encode()).hexdigest()
+        digest = hash_token(token)
         for _attempt in range(2):
             auth = await self._auth(digest, token, name)
             if auth is None or payload.incarnation < auth.incarnation:

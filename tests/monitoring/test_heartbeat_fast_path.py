@@ -265,3 +265,17 @@ def test_a_redis_outage_is_a_503_problem_and_beats_resume_after_it(node_and_toke
             again = asgi_post(app, "fp-1", token, {"incarnation": 1, "seq": 3})
             assert again.status_code == 200, again.content
             assert get_store().latest(["fp-1"])["fp-1"].seq == 3
+
+
+def test_an_unexpected_error_is_a_500_problem_without_internals(node_and_token, fast, monkeypatch, caplog):
+    _, token = node_and_token
+    app, _ = fast
+
+    def broken():
+        raise RuntimeError("secret internals")
+
+    monkeypatch.setattr(gateway, "_ingest", broken)
+    answer = asgi_post(app, "fp-1", token)
+    assert (answer.status_code, answer["Content-Type"]) == (500, "application/problem+json")
+    assert "secret" not in answer.content.decode()
+    assert "secret internals" in caplog.text, "the operator gets the traceback in the log"
