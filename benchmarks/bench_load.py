@@ -294,49 +294,77 @@ def child_setup(args: argparse.Namespace) -> int:
 
 
 def child_driver(args: argparse.Namespace) -> int:
-    """Submit ``--rate`` transfers a second on a fixed schedule, each ``delay()`` in its own transaction."""
+    """Submit ``--rate`` transfers a second on a fixed schedule, each ``delay()`` in its own transaction.
+
+    ``--driver-threads`` threads take the slots in turn, so one slow ``delay()`` does not hold the schedule back
+    (an app has many request threads too). A slot not started by the end of the load is counted as missed.
+    """
+    import threading
+
     _django()
-    from django.db import transaction
+    from django.db import connection, transaction
 
     from examples.ledger.tasks import transfer
 
     rng = random.Random(args.seed)
+    guard = threading.Lock()
     submitted: dict[str, list] = {}
     order: list[str] = []
     calls: list = []
     errors: list[str] = []
     end = args.start + args.duration
-    i = 0
-    while True:
-        due = args.start + i / args.rate
-        if due >= end:
-            break
-        pause = due - time.time()
-        if pause > 0:
-            time.sleep(pause)
-        duplicate = i % DUPLICATE_EVERY == DUPLICATE_EVERY - 1 and bool(order)
-        if duplicate:
-            tid = rng.choice(order[-DUPLICATE_WINDOW:])
-        else:
-            tid = uuid.uuid4().hex
-            source, target = rng.sample(ACCOUNTS, 2)
-            submitted[tid] = [source, target, rng.randint(1, 100)]
-        source, target, amount = submitted[tid]
+    slots = iter(range(int(args.duration * args.rate)))
+
+    def submit_one(i: int) -> None:
+        with guard:
+            duplicate = i % DUPLICATE_EVERY == DUPLICATE_EVERY - 1 and bool(order)
+            if duplicate:
+                tid = rng.choice(order[-DUPLICATE_WINDOW:])
+            else:
+                tid = uuid.uuid4().hex
+                source, target = rng.sample(ACCOUNTS, 2)
+                submitted[tid] = [source, target, rng.randint(1, 100)]
+            source, target, amount = submitted[tid]
         started = time.perf_counter()
         at = time.time()
         try:
             with transaction.atomic():
                 job_id = transfer.delay(transfer_id=tid, from_account=source, to_account=target, amount=amount).id
         except Exception as exc:  # reported, and the submission does not count as made
-            errors.append(f"{at:.1f} {type(exc).__name__}: {str(exc)[:200]}")
-            if not duplicate:
-                del submitted[tid]
-        else:
+            with guard:
+                errors.append(f"{at:.1f} {type(exc).__name__}: {str(exc)[:200]}")
+                if not duplicate:
+                    del submitted[tid]
+            return
+        with guard:
             if not duplicate:
                 order.append(tid)
-            calls.append([at, job_id, tid, duplicate, time.perf_counter() - started])
-        i += 1
-    Path(args.result).write_text(json.dumps({"submitted": submitted, "calls": calls, "errors": errors}))
+            calls.append([at, job_id, tid, duplicate, time.perf_counter() - started, at - args.start - i / args.rate])
+
+    def run() -> None:
+        try:
+            while True:
+                with guard:
+                    i = next(slots, None)
+                if i is None:
+                    return
+                pause = args.start + i / args.rate - time.time()
+                if pause > 0:
+                    time.sleep(pause)
+                if time.time() >= end:
+                    return
+                submit_one(i)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=run) for _ in range(args.driver_threads)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    missed = int(args.duration * args.rate) - len(calls) - len(errors)
+    result = {"submitted": submitted, "calls": calls, "errors": errors, "missed": missed}
+    Path(args.result).write_text(json.dumps(result))
     return 0
 
 
@@ -813,6 +841,8 @@ def main_orchestrate(args: argparse.Namespace) -> int:
                 "driver",
                 "--rate",
                 str(args.rate),
+                "--driver-threads",
+                str(args.driver_threads),
                 "--seed",
                 str(args.seed),
                 *common,
@@ -982,7 +1012,8 @@ def _memory_rows(data: dict, warmup: float) -> list[str]:
                 series[(label, pid)].append((at, rss))
     lines = []
     for (label, pid), points in sorted(series.items(), key=lambda kv: (kv[0][0], kv[1][0][0])):
-        kept = [p for p in points if p[0] >= start + warmup] or points
+        # A process's first seconds are its warm-up (imports, connections, caches), also for one started late.
+        kept = [p for p in points if p[0] >= max(start, points[0][0]) + warmup] or points
         first, last = kept[0], kept[-1]
         peak = max(v for _, v in kept)
         slope = _slope_mb_per_min(kept)
@@ -1017,6 +1048,7 @@ def report(args: argparse.Namespace, versions: dict, data: dict, elapsed: float)
     finished_in_load = [j for j in finished if start <= j[1] < end]
     job_lat = [j[1] - j[0] for j in finished]
     enqueue_lat = [c[4] for c in calls]
+    late = [max(0.0, c[5]) for c in calls]
     backlog_end = len(calls) - sum(1 for j in finished if j[1] < end)
     loads = [v for _, v in data["load"]]
     ws = data["ws"]["clients"]
@@ -1071,6 +1103,8 @@ def report(args: argparse.Namespace, versions: dict, data: dict, elapsed: float)
         + " |",
         f"| jobs submitted /s (offered {args.rate:g}/s) | {len(calls) / duration:.1f} ({len(calls):,}:"
         f" {audit['unique']:,} transfers + {audit['duplicates']:,} repeats) |",
+        f"| submissions behind schedule p50 / p99 (ms); slots missed | {_ms(_percentile(late, 0.5))} /"
+        f" {_ms(_percentile(late, 0.99))}; {driver['missed']} |",
         f"| jobs finished /s during the load | {len(finished_in_load) / duration:.1f} |",
         f"| backlog at the end of the load (submitted, not finished; jobs open in the database) | {backlog_end:,};"
         f" {data['open_at_end']:,} |",
@@ -1155,8 +1189,8 @@ def report(args: argparse.Namespace, versions: dict, data: dict, elapsed: float)
         "",
         "## Memory (RSS) of each process",
         "",
-        f"Sampled every {args.sample:g} s; *start* is the first sample after {args.warmup:g} s of load (or the"
-        " process's first, if it started later), *end* the last one before the load stopped; *slope* the"
+        f"Sampled every {args.sample:g} s; *start* is the first sample after {args.warmup:g} s of load (or of the"
+        " process's life, if it started later), *end* the last one before the load stopped; *slope* the"
         " least-squares fit over those samples. *grows*: the mean of each third of the samples above the one before"
         " and the end more than max(3 MB, 5%) above the start. The load generators (job-driver, heartbeat-client)"
         " keep a record of every call they made until the end, so they grow by design.",
@@ -1262,6 +1296,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--sample", type=float, default=5.0, help="seconds between memory samples")
     parser.add_argument("--warmup", type=float, default=20.0, help="seconds of load before the 'start' memory sample")
     parser.add_argument("--window", type=float, default=30.0, help="seconds per row of the over-time table")
+    parser.add_argument("--driver-threads", type=int, default=4, help="threads submitting transfers (default 4)")
     parser.add_argument("--seed", type=int, default=9)
     parser.add_argument(
         "--admin-url",
