@@ -169,9 +169,10 @@ async def _beat_node(node: dict, port: int, start: float, end: list[float], out:
                 stats[f"example {status}"] += 1
                 stats[f"{status}: {payload[:300].decode(errors='replace')}"] += 1
         if status == 200:
-            state = json.loads(payload).get("state")
-            if state in ("dead", "left"):
-                incarnation += 1  # what a node agent does when the cluster declared it dead: rejoin
+            reply = json.loads(payload)
+            if reply.get("state") in ("dead", "left") and reply.get("incarnation", 0) >= incarnation:
+                # What a node agent does when the cluster declared this incarnation dead: rejoin as the next.
+                incarnation = reply["incarnation"] + 1
                 stats["rejoins"] += 1
         if not keep:
             writer.close()
