@@ -1,10 +1,10 @@
 """The sweeper: feeds heartbeats to the liveness tracker and applies its verdicts to the cluster.
 
-Only one sweeper acts at a time: ``run_sweeper`` holds a lock from the locks app (auto-renewed)
-while it sweeps, and a second sweeper waits for that lock. The tracker's state (each node's
-detector window) lives in the acting sweeper's memory; a new leader starts from the database's
-states and learns the intervals again. Every few seconds it also sends again the jobs whose
-message was lost (``cluster.jobs.jobs_resend_stalled``).
+Only one sweeper acts at a time: ``run_sweeper`` holds a lock from the locks app while it sweeps
+(extended every ttl/3, also between the steps of a long sweep), and a second sweeper waits for it.
+The tracker's state (each node's detector window) lives in the acting sweeper's memory; a new
+leader starts from the database's states and learns the intervals again. Every few seconds it
+also sends again the jobs whose message was lost (``cluster.jobs.jobs_resend_stalled``).
 """
 
 from __future__ import annotations
@@ -59,6 +59,8 @@ class Sweeper:
         self._store_down = False
         self._last_db_refresh = 0.0
         self._last_resend = 0.0
+        # Called between the steps of a sweep by the acting sweeper to keep its lock (see _LeaseKeeper).
+        self.keep_alive: Callable[[], None] = lambda: None
 
     def sweep(self, now: float | None = None) -> list[Verdict]:
         now = self.clock() if now is None else now
@@ -81,7 +83,9 @@ class Sweeper:
             self._feed(name, beat)
         verdicts = self.tracker.sweep(now)
         for verdict in verdicts:
+            self.keep_alive()  # a conviction hands over the node's jobs: it can take a while
             self._apply(verdict, beats.get(verdict.node))
+        self.keep_alive()
         self._publish_phi(now)
         self._refresh_db(beats, now)
         self._resend_stalled_jobs(now)
@@ -222,27 +226,47 @@ def run_sweeper(*, stop: threading.Event | None = None, lock_backend: str = "def
                 logger.warning("could not release the sweeper lock token %s (it expires): %s", lease.token, exc)
 
 
+class _LeaseKeeper:
+    """Extends the sweeper's lease every ttl/3: between sweeps, and between the steps of a long sweep.
+
+    A sweep that hands over thousands of jobs can outlast the lease; extending only between sweeps
+    lost the lock mid-sweep under load (a sweep then convicted nobody until the lock came back).
+    """
+
+    def __init__(self, backend, lease) -> None:
+        self.backend, self.lease = backend, lease
+        self.ttl = monitoring_settings.SWEEPER_LOCK_TTL
+        self.last_extend = time.monotonic()
+        self.store_failed = False
+
+    def keep_alive(self) -> None:
+        from locks import LockBackendUnavailable, LockLost
+
+        now = time.monotonic()
+        if now - self.last_extend >= self.ttl / 3:
+            try:
+                if not self.backend.extend(self.lease, self.ttl):
+                    raise LockLost(
+                        self.lease.name, self.lease.token, "an extension found it expired or held by another owner"
+                    )
+                self.last_extend = now
+            except LockBackendUnavailable as exc:
+                # The lease still holds until its local deadline; ensure_held() below says when not.
+                if not self.store_failed:
+                    logger.warning("could not extend the sweeper lock token %s: %s", self.lease.token, exc)
+                self.store_failed = True
+        self.lease.ensure_held()
+
+
 def _sweep_while_held(sweeper: Sweeper, backend, lease, stop: threading.Event) -> bool:
     """Sweep until ``stop`` or until the lease is lost (``LockLost``); True if the lock store failed meanwhile."""
-    from locks import LockBackendUnavailable, LockLost
-
-    ttl = monitoring_settings.SWEEPER_LOCK_TTL
-    last_extend = time.monotonic()
-    store_failed = db_failed = False
+    keeper = _LeaseKeeper(backend, lease)
+    sweeper.keep_alive = keeper.keep_alive
+    db_failed = False
     while not stop.is_set():
         started = time.monotonic()
         close_old_connections()
-        if started - last_extend >= ttl / 3:
-            try:
-                if not backend.extend(lease, ttl):
-                    raise LockLost(lease.name, lease.token, "an extension found it expired or held by another owner")
-                last_extend = started
-            except LockBackendUnavailable as exc:
-                # The lease still holds until its local deadline; ensure_held() below says when not.
-                if not store_failed:
-                    logger.warning("could not extend the sweeper lock token %s: %s", lease.token, exc)
-                store_failed = True
-        lease.ensure_held()
+        keeper.keep_alive()
         try:
             sweeper.sweep()
             if db_failed:
@@ -254,4 +278,4 @@ def _sweep_while_held(sweeper: Sweeper, backend, lease, stop: threading.Event) -
                 logger.error("database unavailable, skipping sweeps until it is back: %s", exc)
             db_failed = True
         stop.wait(max(0.0, monitoring_settings.SWEEP_INTERVAL - (time.monotonic() - started)))
-    return store_failed
+    return keeper.store_failed

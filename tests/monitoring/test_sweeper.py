@@ -171,3 +171,38 @@ def test_worker_restart_recorded_in_the_database_is_not_a_conviction():
     services.node_restart(node="a", incarnation=2)
     beating(sweeper, ["a"], t, t + 10, incarnation=2)
     assert Node.objects.get(name="a").state == "active"
+
+
+def test_a_sweep_longer_than_the_lease_keeps_the_sweeper_lock(monkeypatch):
+    """A sweep that hands over many jobs can outlast the lease: the lock is extended between its steps."""
+    import time
+
+    from locks import get_backend
+    from monitoring import sweeper as sweeper_module
+
+    for name in ("a", "b", "c"):
+        active_node(name)
+    sweeper = Sweeper()
+    t = beating(sweeper, ["a", "b", "c"], T0, T0 + 30)
+    backend = get_backend("db")
+    lease = backend.acquire("test:sweeper", ttl=1.0, blocking=False)
+    keeper = sweeper_module._LeaseKeeper(backend, lease)
+    keeper.ttl = 1.0
+    sweeper.keep_alive = keeper.keep_alive
+    apply = sweeper._apply
+
+    def slow_apply(verdict, beat):  # as a conviction that hands over a thousand jobs under load
+        time.sleep(0.4)
+        apply(verdict, beat)
+
+    monkeypatch.setattr(sweeper, "_apply", slow_apply)
+    longest = 0.0
+    for second in range(1, 15):  # all three fall silent: they are suspected, then convicted, together
+        started = time.monotonic()
+        verdicts = sweeper.sweep(t + second)
+        if verdicts:
+            longest = max(longest, time.monotonic() - started)
+            assert len(verdicts) == 3, verdicts
+    assert longest > 1.0, "a sweep must outlast the 1 s lease for this test to mean anything"
+    lease.ensure_held()  # raises LockLost if the lease ran out mid-sweep
+    assert backend.release(lease) is True
