@@ -20,14 +20,16 @@ row write at all:
   is queued, and hands a released lock to the first waiter at once: fair without polling.
 - **Fencing tokens** come from one logged sequence, ``locks_advisory_token``, drawn after the lock
   is taken: strictly increasing across all names, so per name too, and kept across restarts. The
-  one way a sequence can repeat values is a crash that loses WAL not yet flushed: ``nextval``
-  logs 32 values ahead, and that record is flushed when its transaction commits (or by anyone
-  else's later commit). So at most 32 values per uncommitted holder transaction can be handed out
-  again after a crash. The UNLOGGED table ``locks_advisory_guard`` is emptied by every crash; a
-  claim that finds it empty hands out nothing until ``locks_advisory_new_epoch()`` has moved the
-  sequence 2^32 past its recovered value (and to at least the clock in microseconds) in a
-  transaction committed with ``synchronous_commit = on``. 2^32 is far more than 32 x any possible
-  number of connections, so tokens never repeat, with no trust in any clock.
+  one way a sequence can hand out a value again is a crash that loses WAL not yet flushed to disk
+  (``nextval`` WAL-logs 32 values ahead). The lock transaction commits with ``synchronous_commit
+  = off`` (its only write is that sequence record; a flush per 32 grants cost more than the rest
+  of the claim), so the WAL of the last fraction of a second (``wal_writer_delay``) may be lost:
+  a few thousand values at most. The UNLOGGED table ``locks_advisory_guard`` is emptied by every
+  crash recovery (and is empty in a base backup or on a promoted standby); a claim that finds it
+  empty hands out nothing until ``locks_advisory_new_epoch()`` has moved the sequence 2^32 past
+  its recovered value (and to at least the clock in microseconds) in a transaction committed with
+  ``synchronous_commit = on``. 2^32 is over four billion grants, far more than can go unflushed,
+  so tokens never repeat, trusting no clock.
 - **Operators**: ``held()`` reads ``pg_locks`` and ``pg_stat_activity``: the claim and keep
   statements carry the lease's name and owner in their text (base64 JSON: no quoting to get
   wrong), the transaction's ``application_name`` its token and grant time. ``force_release``
@@ -105,12 +107,25 @@ def milliseconds(seconds: float) -> int:
     return max(1, min(MAX_MS, math.ceil(seconds * 1000)))
 
 
-def last_row(conn: psycopg.Connection, sql: str) -> tuple:
-    """Run ``sql`` (no parameters: the simple protocol, several statements allowed); the last statement's row."""
-    cursor = conn.execute(sql)
-    while cursor.nextset():
-        pass
-    return cursor.fetchone()
+class LockConnection(psycopg.Connection):
+    """A dedicated connection of the advisory mode, with one cursor kept for the claim and the release.
+
+    A cursor per statement costs about as much client time as the rest of the statement; only the
+    thread that acquires (or releases) uses the kept one. Extend and verify, which a renewal thread
+    may run meanwhile, take a cursor of their own.
+    """
+
+    _kept_cursor: psycopg.Cursor | None = None
+
+    def run(self, sql: str) -> psycopg.Cursor:
+        """Run ``sql`` (no parameters: the simple protocol, several statements allowed); on its last result."""
+        cursor = self._kept_cursor
+        if cursor is None:
+            cursor = self._kept_cursor = self.cursor()
+        cursor.execute(sql)
+        while cursor.nextset():
+            pass
+        return cursor
 
 
 class AdvisoryLocks:
@@ -119,33 +134,33 @@ class AdvisoryLocks:
     def __init__(self, backend: DatabaseLockBackend) -> None:
         self.backend = backend
         self._lock = threading.Lock()
-        self._idle: list[psycopg.Connection] = []
-        self._held: dict[str, psycopg.Connection] = {}  # lease owner -> the connection holding it
+        self._idle: list[LockConnection] = []
+        self._held: dict[str, LockConnection] = {}  # lease owner -> the connection holding it
         self._pid = os.getpid()
         # Connections inherited from the parent of a fork: never used, and never closed either,
         # since closing them would end the parent's sessions (and its locks).
-        self._inherited: list[psycopg.Connection] = []
+        self._inherited: list[LockConnection] = []
 
     # --- connections --------------------------------------------------------------------------
 
-    def pooled(self) -> psycopg.Connection | None:
+    def pooled(self) -> LockConnection | None:
         """An idle dedicated connection kept from an earlier lease, if any."""
         with self._lock:
             self._forget_after_fork()
             return self._idle.pop() if self._idle else None
 
-    def connect(self) -> psycopg.Connection:
+    def connect(self) -> LockConnection:
         """A new dedicated connection, in autocommit (the statements say BEGIN and COMMIT themselves)."""
         params = self.backend.connection().get_connection_params()
         # Not Django's cursor class and adapters; its prepare_threshold (None) stays: PgBouncer-safe.
         for key in ("cursor_factory", "context"):
             params.pop(key, None)
         try:
-            return psycopg.connect(**params, autocommit=True)
+            return LockConnection.connect(**params, autocommit=True)
         except psycopg.Error as exc:
             raise unavailable(self.backend.alias, exc) from exc
 
-    def give_back(self, conn: psycopg.Connection) -> None:
+    def give_back(self, conn: LockConnection) -> None:
         """Keep a connection that is outside any transaction for the next lease (or close it)."""
         with self._lock:
             if os.getpid() == self._pid and len(self._idle) < MAX_IDLE_CONNECTIONS:
@@ -153,7 +168,7 @@ class AdvisoryLocks:
                 return
         conn.close()
 
-    def end(self, conn: psycopg.Connection) -> None:
+    def end(self, conn: LockConnection) -> None:
         """Roll back whatever ``conn`` holds (a lock included) and give it back."""
         try:
             if not conn.closed and conn.info.transaction_status != TransactionStatus.IDLE:
@@ -181,11 +196,11 @@ class AdvisoryLocks:
 
     # --- leases ----------------------------------------------------------------------------------
 
-    def adopt(self, owner: str, conn: psycopg.Connection) -> None:
+    def adopt(self, owner: str, conn: LockConnection) -> None:
         with self._lock:
             self._held[owner] = conn
 
-    def _take(self, owner: str) -> psycopg.Connection | None:
+    def _take(self, owner: str) -> LockConnection | None:
         with self._lock:
             return self._held.pop(owner, None)
 
@@ -212,7 +227,7 @@ class AdvisoryLocks:
         if conn is None:
             return False
         try:
-            committed = conn.execute("COMMIT").statusmessage == "COMMIT"
+            committed = conn.run("COMMIT").statusmessage == "COMMIT"
         except psycopg.Error as exc:
             # The session is gone (lease expired, force-released, connection broken): so is the lock.
             logger.warning("releasing lock %r token %s: its session had ended (%s)", lease.name, lease.token, exc)
@@ -227,7 +242,7 @@ class AdvisoryLocks:
         if conn is None:
             return None
         try:
-            row = last_row(conn, f"SELECT locks_advisory_keep('{lease.handle}', {milliseconds(seconds)})")
+            row = conn.execute(f"SELECT locks_advisory_keep('{lease.handle}', {milliseconds(seconds)})").fetchone()
         except psycopg.Error as exc:
             logger.warning("lock %r token %s: its session has ended (%s)", lease.name, lease.token, exc)
             self.drop(lease.owner)
@@ -312,11 +327,11 @@ class AdvisoryWaiter(Waiter):
         self.ttl = ttl
         self.key = advisory_key(name)
         self.lease_text = describe(name, owner)
-        self.conn: psycopg.Connection | None = None
+        self.conn: LockConnection | None = None
         self.untried = False  # self.conn comes from the pool and has not answered yet
         self.queued = False  # wait() got the lock in the transaction open on self.conn
 
-    def _conn(self) -> psycopg.Connection:
+    def _conn(self) -> LockConnection:
         if self.conn is None:
             self.conn = self.locks.pooled()
             self.untried = self.conn is not None
@@ -324,10 +339,10 @@ class AdvisoryWaiter(Waiter):
                 self.conn = self.locks.connect()
         return self.conn
 
-    def _run(self, sql: str) -> tuple | None:
+    def _run(self, sql: str) -> tuple:
         conn = self._conn()
         try:
-            row = last_row(conn, sql)
+            row = conn.run(sql).fetchone()
         except pg_errors.LockNotAvailable:
             raise  # wait()'s lock_timeout: the connection is fine
         except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
@@ -380,7 +395,7 @@ class AdvisoryWaiter(Waiter):
     def _rollback(self) -> None:
         conn = self.conn
         try:
-            conn.execute("ROLLBACK")
+            conn.run("ROLLBACK")
         except psycopg.Error as exc:
             self.conn = None
             conn.close()

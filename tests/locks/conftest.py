@@ -36,11 +36,23 @@ def name(request) -> str:
 
 @pytest.fixture(scope="session", autouse=True)
 def close_advisory_connections(django_db_setup, django_db_blocker):
-    """Close the advisory mode's dedicated connections before the test database is dropped."""
+    """Close the advisory mode's dedicated connections before the test database is dropped.
+
+    Those of backends the handler still knows are closed; a lease left held by a test on a backend
+    the handler has since forgotten (override_settings(LOCKS=...) resets it) is ended by its pid.
+    """
     yield
+    from django.db import connection
+
     from locks.handler import backends
 
     for backend in list(backends._backends.values()):
         advisory = getattr(backend, "advisory", None)
         if advisory is not None:
             advisory.close(held_too=True)
+    if connection.vendor == "postgresql":
+        with django_db_blocker.unblock(), connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND application_name LIKE 'ringmaster-lock %'"
+            )

@@ -138,7 +138,9 @@ def test_verify_does_not_push_the_lease_further(advisory, name):
     time.sleep(0.3)
     lease.ensure_held()
     time.sleep(0.5)
-    assert advisory.acquire(name, ttl=5, timeout=0) is not None, "a verify stretched the lease past its ttl"
+    successor = advisory.acquire(name, ttl=5, timeout=0)
+    assert successor is not None, "a verify stretched the lease past its ttl"
+    successor.release()
 
 
 # --- waiting: PostgreSQL's queue ---------------------------------------------------------------------
@@ -283,4 +285,6 @@ def test_force_release_ends_the_holder_s_session(advisory, name):
         assert cursor.fetchone()[0] == 0, "force_release returned before the holder's session ended"
     with pytest.raises(LockLost):
         lease.ensure_held()
-    assert advisory.acquire(name, timeout=0) is not None
+    successor = advisory.acquire(name, timeout=0)
+    assert successor is not None
+    successor.release()
