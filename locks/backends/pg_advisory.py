@@ -103,8 +103,14 @@ def describe(name: str, owner: str) -> str:
 
 
 def milliseconds(seconds: float) -> int:
-    """A timeout for PostgreSQL: rounded up (never shorter than asked), at least 1 (0 means none)."""
-    return max(1, min(MAX_MS, math.ceil(seconds * 1000)))
+    """A timeout for PostgreSQL: rounded up (never shorter than asked), at least 1 (0 means none).
+
+    At most PostgreSQL's largest, which is also what waiting without a timeout (infinity) waits
+    each time round the acquire loop.
+    """
+    if seconds * 1000 >= MAX_MS:
+        return MAX_MS
+    return max(1, math.ceil(seconds * 1000))
 
 
 class LockConnection(psycopg.Connection):

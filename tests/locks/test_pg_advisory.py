@@ -192,6 +192,22 @@ def test_a_released_lock_goes_to_the_queued_waiter_at_once(advisory, name):
     lease.release()
 
 
+@pytest.mark.services
+def test_a_waiter_without_a_timeout_waits_until_the_release(advisory, name):
+    holder = advisory.acquire(name, ttl=30)
+    got = []
+    waiter = threading.Thread(target=lambda: got.append(advisory.acquire(name, ttl=5)))  # timeout=None
+    waiter.start()
+    deadline = time.monotonic() + 5
+    while queued(advisory_key(name)) < 1:
+        assert time.monotonic() < deadline, "the waiter never queued"
+        time.sleep(0.005)
+    holder.release()
+    waiter.join(timeout=5)
+    assert got and got[0] is not None and got[0].token > holder.token, "the waiter without a timeout got nothing"
+    got[0].release()
+
+
 # --- fencing tokens --------------------------------------------------------------------------------
 
 
