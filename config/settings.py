@@ -361,7 +361,11 @@ LOGGING = {
 }
 
 # Lock backends, Django's CACHES pattern: `db` always, `redis` when REDIS_URL is set, `default`
-# pointing at redis when it exists and at db otherwise.
+# pointing at redis when it exists and at db otherwise. The database backend's OPTIONS:
+# "DATABASE" (an alias of DATABASES, default "default") and "MODE": "table" (default: the lease
+# table, PostgreSQL or SQLite) or "advisory" (PostgreSQL only, opt-in: transaction-level advisory
+# locks on dedicated connections, one round trip per acquire and per release; trade-offs in the
+# README and locks/backends/pg_advisory.py), e.g. {"MODE": "advisory"}.
 LOCKS: dict = {"db": {"BACKEND": "locks.backends.db.DatabaseLockBackend", "OPTIONS": {}}}
 if REDIS_URL:
     LOCKS["redis"] = {

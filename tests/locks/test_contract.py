@@ -23,6 +23,7 @@ from locks import LockLost, LockNotAcquired, alock, get_backend, lock
 from locks.models import LockAudit
 from locks.signals import lock_lost
 from tests.locks import workers
+from tests.locks.workers import ADVISORY_ALIAS
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -83,7 +84,9 @@ def test_holder_killed_with_sigkill_is_replaced_after_its_lease(alias, name, tmp
         holder.join()
     assert lease is not None, "nobody could take the lock of a killed holder within 5 s"
     assert elapsed <= ttl + 0.5, f"took {elapsed:.2f}s after the holder's grant (lease {ttl}s)"
-    assert elapsed >= ttl - 0.1, f"granted after {elapsed:.2f}s: before the killed holder's lease ran out"
+    if alias != ADVISORY_ALIAS:
+        assert elapsed >= ttl - 0.1, f"granted after {elapsed:.2f}s: before the killed holder's lease ran out"
+    # The advisory mode's lock ends with the killed holder's connection, at once (pg_advisory.py).
     assert lease.token > info["token"], "the new holder's token is not larger than the killed holder's"
     lease.release()
 

@@ -7,6 +7,22 @@ import os
 import time
 from pathlib import Path
 
+ADVISORY_ALIAS = "db_advisory"
+
+
+def add_test_lock_aliases() -> None:
+    """On PostgreSQL, also test the database backend's advisory mode, as the alias ``db_advisory``.
+
+    The project's settings do not define it (the mode is opt-in); the test processes add it, the
+    parent at collection (tests/locks/conftest.py) and every spawned child here.
+    """
+    from django.conf import settings
+
+    if settings.DATABASES["default"]["ENGINE"].endswith("postgresql"):
+        settings.LOCKS.setdefault(
+            ADVISORY_ALIAS, {"BACKEND": "locks.backends.db.DatabaseLockBackend", "OPTIONS": {"MODE": "advisory"}}
+        )
+
 
 def setup_django(db_name: str) -> None:
     """Set Django up in a spawned child on the parent's database (the test database, not the configured one)."""
@@ -16,6 +32,7 @@ def setup_django(db_name: str) -> None:
 
     django.setup()
     settings.DATABASES["default"]["NAME"] = db_name
+    add_test_lock_aliases()
 
 
 def quiet_lock_signals() -> None:
