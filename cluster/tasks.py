@@ -21,6 +21,7 @@ import json
 import logging
 import random
 import string
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -28,7 +29,8 @@ from typing import Any
 
 from celery import Task, shared_task
 from celery.exceptions import Retry
-from django.db import InterfaceError, OperationalError, transaction
+from django.db import InterfaceError, OperationalError, connections, router, transaction
+from django.db.backends.base.base import BaseDatabaseWrapper
 from django.utils import timezone
 
 from idempotency import IdempotencyInProgress, IdempotencyKeyMismatch, StaleFencingToken
@@ -250,26 +252,64 @@ REGISTRY: dict[str, ClusterTask] = {}
 # --- the worker side ---------------------------------------------------------------------------
 
 
+def _start_sql(connection: BaseDatabaseWrapper) -> str:
+    qn = connection.ops.quote_name
+    col = {f.name: qn(f.column) for f in Job._meta.concrete_fields}
+    runnable = ", ".join(["%s"] * len(RUNNABLE_STATES))
+    # Only quoted names from the model's _meta are interpolated; every value is a bound parameter.
+    return (
+        f"UPDATE {qn(Job._meta.db_table)} SET {col['state']} = %s, {col['attempts']} = {col['attempts']} + 1,"  # noqa: S608
+        f" {col['ran_on']} = %s, {col['started_at']} = %s, {col['updated_at']} = %s"
+        f" WHERE {col['id']} = %s AND {col['dispatch']} = %s AND {col['state']} IN ({runnable})"
+        f" RETURNING {col['attempts']}, {col['owner_node']}"
+    )
+
+
+_start_sql_cache: dict[str, str] = {}
+
+
 def _start(spec: TaskSpec, task: Task, job_id: str, dispatch: int, node: str) -> Job | None:
-    """Mark the job running for this copy of its message; None when this copy must not run."""
-    with transaction.atomic():
-        job = Job.objects.select_for_update().filter(pk=job_id).first()
-        if job is None:
-            logger.error("job %s of %s: no record (was the enqueueing transaction rolled back?)", job_id, spec.name)
-            return None
-        if job.dispatch != dispatch:
-            logger.info("job %s: dropped a stale copy (dispatch %s, current %s)", job_id, dispatch, job.dispatch)
-            return None
-        if job.state not in RUNNABLE_STATES:
-            logger.info("job %s already %s: redelivery ignored", job_id, job.state)
-            return None
-        job.state = JobState.RUNNING
-        job.attempts += 1
-        job.ran_on = node
-        job.started_at = timezone.now()
-        job.save(update_fields=["state", "attempts", "ran_on", "started_at", "updated_at"])
-        announce(job)
+    """Mark the job running for this copy of its message; None when this copy must not run.
+
+    One conditional ``UPDATE ... RETURNING`` in autocommit (PostgreSQL, SQLite >= 3.35): the row
+    lock of the UPDATE decides between racing copies as the old SELECT ... FOR UPDATE did, at a
+    quarter of the round trips. Only a copy that must not run pays a second read, to log why.
+    """
+    using = router.db_for_write(Job)
+    connection = connections[using]
+    sql = _start_sql_cache.get(connection.vendor)
+    if sql is None:
+        sql = _start_sql_cache[connection.vendor] = _start_sql(connection)
+    now = connection.ops.adapt_datetimefield_value(timezone.now())
+    pk = Job._meta.pk.get_db_prep_value(uuid.UUID(job_id), connection)
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [JobState.RUNNING.value, node, now, now, pk, dispatch, *(s.value for s in RUNNABLE_STATES)])
+        row = cursor.fetchone()
+    if row is None:
+        _log_skipped(spec, job_id, dispatch, using)
+        return None
+    attempts, owner_node = row
+    job = Job(
+        id=uuid.UUID(job_id),
+        task_name=spec.name,
+        owner_node=owner_node,
+        dispatch=dispatch,
+        state=JobState.RUNNING,
+        attempts=attempts,
+        ran_on=node,
+    )
+    announce(job)
     return job
+
+
+def _log_skipped(spec: TaskSpec, job_id: str, dispatch: int, using: str) -> None:
+    job = Job.objects.using(using).filter(pk=job_id).only("dispatch", "state").first()
+    if job is None:
+        logger.error("job %s of %s: no record (was the enqueueing transaction rolled back?)", job_id, spec.name)
+    elif job.dispatch != dispatch:
+        logger.info("job %s: dropped a stale copy (dispatch %s, current %s)", job_id, dispatch, job.dispatch)
+    else:
+        logger.info("job %s already %s: redelivery ignored", job_id, job.state)
 
 
 def run_job(spec: TaskSpec, task: Task, job_id: str, dispatch: int, kwargs: dict[str, Any]) -> Any:
@@ -385,14 +425,7 @@ def _run_body(
             raise TypeError(f"{spec.name} returned a result that is not JSON-serialisable: {exc}") from None
         if claim is not None:
             idem.record_complete(record=claim.record, token=claim.token, ttl=spec.idempotency_ttl, result=result)
-        finished = Job.objects.filter(pk=job.pk, dispatch=dispatch).update(
-            state=JobState.SUCCEEDED,
-            result=result,
-            lock_token=lease_token,
-            finished_at=timezone.now(),
-            error="",
-        )
-        if not finished:
+        if not _succeed(job, dispatch, result=result, lock_token=lease_token):
             raise StaleDispatch(str(job.pk))
         if lease is not None:
             # Last check before the commit: a lease lost while the body ran (it expired during a
@@ -401,6 +434,34 @@ def _run_body(
         job.state = JobState.SUCCEEDED
         announce(job)
     return result
+
+
+def _succeed_sql(connection: BaseDatabaseWrapper) -> str:
+    qn = connection.ops.quote_name
+    col = {f.name: qn(f.column) for f in Job._meta.concrete_fields}
+    return (
+        f"UPDATE {qn(Job._meta.db_table)} SET {col['state']} = %s, {col['result']} = %s,"  # noqa: S608
+        f" {col['lock_token']} = %s, {col['finished_at']} = %s, {col['updated_at']} = %s, {col['error']} = ''"
+        f" WHERE {col['id']} = %s AND {col['dispatch']} = %s"
+    )
+
+
+_succeed_sql_cache: dict[str, str] = {}
+
+
+def _succeed(job: Job, dispatch: int, *, result: Any, lock_token: int | None) -> bool:
+    """Record the job's success, fenced by its dispatch number; False when it was handed elsewhere."""
+    # Hand-written like _start: the ORM's query building cost more than the statement itself.
+    connection = connections[router.db_for_write(Job)]
+    sql = _succeed_sql_cache.get(connection.vendor)
+    if sql is None:
+        sql = _succeed_sql_cache[connection.vendor] = _succeed_sql(connection)
+    now = connection.ops.adapt_datetimefield_value(timezone.now())
+    result_value = Job._meta.get_field("result").get_db_prep_save(result, connection)
+    pk = Job._meta.pk.get_db_prep_value(job.pk, connection)
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [JobState.SUCCEEDED.value, result_value, lock_token, now, now, pk, dispatch])
+        return cursor.rowcount > 0
 
 
 def _finish(job: Job, dispatch: int, state: str, *, result: Any = None, error: str = "", finished: bool = True) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 import os
 import threading
 import time
@@ -42,6 +43,8 @@ class LeaseKeeper:
         self._ids = itertools.count(1)
         self._thread: threading.Thread | None = None
         self._pid = os.getpid()
+        # When the thread looks next (monotonic); infinity while it waits for a first lease.
+        self._wake_at = math.inf
 
     def register(self, *, record_id: int, token: int, lease_seconds: float, using: str, scope: str, key: str) -> int:
         """Start renewing a lease; returns a handle for ``unregister``."""
@@ -53,7 +56,11 @@ class LeaseKeeper:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="idempotency-lease-keeper", daemon=True)
                 self._thread.start()
-            self._condition.notify()
+            # Wake the thread only if this lease is due before it looks anyway: a job of a few
+            # milliseconds registers and unregisters long before, so a busy worker does not pay a
+            # thread wake-up per job.
+            if due < self._wake_at:
+                self._condition.notify()
             return handle
 
     def unregister(self, handle: int) -> None:
@@ -66,17 +73,21 @@ class LeaseKeeper:
             self._pid = os.getpid()
             self._leases.clear()
             self._thread = None
+            self._wake_at = math.inf
 
     def _run(self) -> None:
         while True:
             with self._condition:
                 while not self._leases:
+                    self._wake_at = math.inf
                     self._condition.wait()
                 now = time.monotonic()
                 due = [(handle, lease) for handle, lease in self._leases.items() if lease.due <= now]
                 if not due:
-                    self._condition.wait(min(lease.due for lease in self._leases.values()) - now)
+                    self._wake_at = min(lease.due for lease in self._leases.values())
+                    self._condition.wait(self._wake_at - now)
                     continue
+                self._wake_at = now  # renewing: a lease registered meanwhile is looked at next round
                 for _, lease in due:
                     lease.due = now + lease.lease_seconds / 3
             for handle, lease in due:

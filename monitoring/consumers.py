@@ -32,6 +32,7 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 from django.contrib.auth import get_user_model
+from django.core.cache import cache
 from django.db import connections
 
 from cluster.models import NODE_NAME_RE
@@ -69,6 +70,34 @@ NODE_NAME = re.compile(NODE_NAME_RE)
 
 def _dumps(message: dict[str, Any]) -> str:
     return json.dumps(message, separators=(",", ":"), default=str)
+
+
+# While this cache key exists some process has a dashboard connected, and every process relays its
+# events (monitoring/events.py); without it they are not sent at all. The cache is the one store
+# every process shares in both deployments (Redis, or the file cache of the embedded default).
+LISTENING_KEY = "monitoring:dashboards-listening"
+# Seconds the key lives; a process with a connected dashboard renews it every third of that.
+LISTENING_TTL = 30.0
+# Seconds a relay trusts its last look at the key: the most a dashboard that just connected waits
+# for its first events (its snapshot is read meanwhile).
+LISTENING_RECHECK = 0.5
+
+
+def dashboards_listening() -> bool:
+    """Whether a dashboard is connected somewhere (True when the cache cannot say: better send than lose)."""
+    try:
+        return cache.get(LISTENING_KEY) is not None
+    except Exception:
+        logger.warning("dashboard: cannot tell whether a dashboard listens; relaying events", exc_info=True)
+        return True
+
+
+async def mark_listening() -> None:
+    """Tell every process that a dashboard of this one listens, for the next ``LISTENING_TTL`` seconds."""
+    try:
+        await cache.aset(LISTENING_KEY, True, timeout=LISTENING_TTL)
+    except Exception:
+        logger.warning("dashboard: could not announce a listening dashboard; events may lag", exc_info=True)
 
 
 # A job event in one of these states counts as a job done for the jobs-per-second figure.
@@ -188,9 +217,13 @@ class LiveTables:
 
     async def _run(self) -> None:
         loop = self.loop
+        marked = loop.time()  # the connecting consumer has just marked it
         while self.subscribers:
             started = loop.time()
             self._poke.clear()
+            if started - marked >= LISTENING_TTL / 3:
+                marked = started
+                await mark_listening()
             try:
                 await self._tick()
             except Exception:  # a failed read (database restarting) must not end the stream
@@ -328,6 +361,7 @@ class ClusterConsumer(AsyncWebsocketConsumer):
     """Streams the cluster to staff users and carries out their actions; others are turned away."""
 
     snapshot_seq: int | None = None
+    listening_since = 0.0  # wall-clock time this connection announced itself (mark_listening)
 
     async def connect(self) -> None:
         user = self.scope.get("user")
@@ -347,6 +381,9 @@ class ClusterConsumer(AsyncWebsocketConsumer):
         self.flush_task: asyncio.Task | None = None
         self.writer = asyncio.get_running_loop().create_task(self._write(), name="dashboard-writer")
         self.producer = live_tables()
+        # Before joining the group: from here on every process relays its events (see mark_listening).
+        self.listening_since = time.time()
+        await mark_listening()
         await self.channel_layer.group_add(CLUSTER_GROUP, self.channel_name)
         self.joined = True
         perms = await database_sync_to_async(self._permissions)(user)
@@ -427,9 +464,24 @@ class ClusterConsumer(AsyncWebsocketConsumer):
         except Exception:  # the socket went away mid-send; disconnect() cleans up
             logger.info("dashboard: stopped writing to %s", self.channel_name, exc_info=True)
 
+    async def cluster_events(self, message: dict) -> None:
+        """A batch of events from one process's relay (monitoring/events.py)."""
+        events = message.get("events")
+        if isinstance(events, list):
+            for event in events:
+                self._take_event(event)
+
     async def cluster_event(self, message: dict) -> None:
-        event = message.get("event")
+        """One event (what a relay sent before events were batched)."""
+        self._take_event(message.get("event"))
+
+    def _take_event(self, event: Any) -> None:
         if not isinstance(event, dict):
+            return
+        at = event.get("at")
+        if isinstance(at, int | float) and at < self.listening_since:
+            # A relay that had found nobody listening holds events until its next look, so events from
+            # before this connection may follow it: they are in its history and snapshot already.
             return
         self.producer.note_event(event)
         kind = str(event.get("kind", ""))

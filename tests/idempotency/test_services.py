@@ -217,3 +217,22 @@ def test_racing_takeovers_have_one_winner():
     for thread in threads:
         thread.join()
     assert sorted(outcomes) == [("claimed", 2)] + [("in_progress", 2)] * 5, outcomes
+
+
+def test_lease_keeper_wakes_up_for_a_lease_due_before_its_next_look(monkeypatch):
+    """The keeper is only woken for a lease due before the one it waits for, and then renews it in time."""
+    from idempotency.leases import LeaseKeeper
+
+    keeper = LeaseKeeper()
+    renewed: list[int] = []
+    monkeypatch.setattr(keeper, "_renew", lambda lease: renewed.append(lease.record_id) or True)
+    long = keeper.register(record_id=1, token=1, lease_seconds=60.0, using="default", scope="s", key="long")
+    time.sleep(0.1)  # the keeper now waits 20 s for the long lease
+    short = keeper.register(record_id=2, token=1, lease_seconds=0.3, using="default", scope="s", key="short")
+    deadline = time.monotonic() + 2.0
+    while 2 not in renewed and time.monotonic() < deadline:
+        time.sleep(0.01)
+    keeper.unregister(short)
+    keeper.unregister(long)
+    assert 2 in renewed, "the short lease (due in 0.1 s) was renewed although the keeper waited for a later one"
+    assert 1 not in renewed, "the long lease is not due yet"
