@@ -541,7 +541,7 @@ def bench_http(args: argparse.Namespace, cleanup: Cleanup, work: Path) -> dict:
     timings["register"] = time.perf_counter() - started
 
     versions = {}
-    for dist in ("django", "uvicorn", "psycopg", "psycopg-pool", "django-redis", "redis", "asgiref"):
+    for dist in ("django", "uvicorn", "uvloop", "psycopg", "psycopg-pool", "django-redis", "redis", "asgiref"):
         with contextlib.suppress(importlib.metadata.PackageNotFoundError):
             versions[dist] = importlib.metadata.version(dist)
     results: dict = {
