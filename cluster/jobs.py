@@ -16,7 +16,7 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
 from idempotency.services import record_break_lease
@@ -105,8 +105,14 @@ def jobs_hand_over(*, node: str, ring: HashRing, include_running: bool, reason: 
         .values_list("name", "metadata")
         if isinstance(metadata, dict) and node_queue(name) in metadata.get("queues", ())
     )
+    jobs = Job.objects.filter(owner_node=node, state__in=states).order_by("created_at")
+    if connection.features.has_select_for_update_skip_locked:
+        # A frozen worker can hold a job's row in a transaction it may never finish: waiting for it
+        # would stall the conviction (and the sweeper) for as long as the worker sleeps. Such a job
+        # is left behind here and moved by jobs_hand_over_orphans() once its row is free.
+        jobs = jobs.select_for_update(skip_locked=True)
     moved = 0
-    for job in Job.objects.filter(owner_node=node, state__in=states).order_by("created_at"):
+    for job in jobs:
         if job.args is None:
             logger.error("job %s of %s cannot move: its arguments were over the size cap", job.id, node)
             continue
@@ -130,6 +136,23 @@ def jobs_hand_over(*, node: str, ring: HashRing, include_running: bool, reason: 
         moved += 1
     if moved:
         logger.warning("handed %s job(s) of node %s to new owners: %s", moved, node, reason)
+    return moved
+
+
+def jobs_hand_over_orphans(*, ring: HashRing) -> int:
+    """Move the open jobs still owned by dead nodes; returns how many moved.
+
+    A conviction skips the jobs whose rows a frozen worker held at that moment (``jobs_hand_over``);
+    the sweeper calls this every few seconds to move them once the worker woke and let go.
+    """
+    dead = Node.objects.filter(state=NodeState.DEAD).values_list("name", flat=True)
+    owners = set(
+        Job.objects.filter(owner_node__in=list(dead), state__in=OPEN_JOB_STATES).values_list("owner_node", flat=True)
+    )
+    moved = 0
+    for node in sorted(owners):
+        with transaction.atomic():
+            moved += jobs_hand_over(node=node, ring=ring, include_running=True, reason=f"node {node} is dead")
     return moved
 
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from django.db import connections
+from django.db import connections, transaction
 from django.db.models import Q
 from django.utils import timezone
 
@@ -339,11 +339,16 @@ def record_break_lease(*, scope: str, key: str, now: datetime | None = None, usi
     the fencing token, so a holder that was only paused cannot complete it later."""
     using = using or database_alias()
     now = now or timezone.now()
-    updated = (
-        IdempotencyRecord.objects.using(using)
-        .filter(scope=scope, key=key, state=IdempotencyRecord.State.IN_PROGRESS, locked_until__gt=now)
-        .update(locked_until=now)
+    records = IdempotencyRecord.objects.using(using).filter(
+        scope=scope, key=key, state=IdempotencyRecord.State.IN_PROGRESS, locked_until__gt=now
     )
+    with transaction.atomic(using=using):
+        if connections[using].features.has_select_for_update_skip_locked:
+            # A holder frozen in the middle of its commit keeps the row locked: skip it rather than
+            # wait for it; its lease then ends by time, and the takeover's token still fences it.
+            free = list(records.select_for_update(skip_locked=True).values_list("pk", flat=True))
+            records = records.filter(pk__in=free)
+        updated = records.update(locked_until=now)
     return updated > 0
 
 

@@ -20,8 +20,9 @@ from django.db import InterfaceError, OperationalError, close_old_connections
 
 from cluster import services as cluster_services
 from cluster.exceptions import IllegalTransition, UnknownNode
-from cluster.jobs import jobs_resend_stalled
+from cluster.jobs import jobs_hand_over_orphans, jobs_resend_stalled
 from cluster.models import Node, NodeState
+from cluster.selectors import current_ring
 from cluster.settings import cluster_settings
 
 from .heartbeats import BaseHeartbeatStore, Beat, HeartbeatStoreUnavailable, get_store
@@ -161,6 +162,7 @@ class Sweeper:
         self._last_resend = now
         try:
             jobs_resend_stalled(older_than=timedelta(seconds=cluster_settings.JOB_RESEND_AFTER))
+            jobs_hand_over_orphans(ring=current_ring())
         except (OperationalError, InterfaceError):
             raise
         except Exception:  # the broker's own errors: the next pass tries again

@@ -273,3 +273,52 @@ def test_a_dead_nodes_running_job_frees_its_idempotency_claim(django_capture_on_
     assert record.state == "in_progress" and record.locked_until <= timezone.now(), (
         "the dead holder's claim can be taken over at once"
     )
+
+
+@pytest.mark.services  # SKIP LOCKED: PostgreSQL (SQLite has one writer at a time anyway)
+@pytest.mark.django_db(transaction=True)
+def test_a_job_row_held_by_a_frozen_worker_does_not_stall_the_conviction():
+    import threading
+    import time
+
+    from django.db import connections
+
+    from cluster.jobs import jobs_hand_over_orphans
+    from cluster.selectors import current_ring
+
+    for name in ("n1", "n2", "n3"):
+        worker_node(name)
+    ids = [t.plain.delay(name=f"item-{i}").id for i in range(30)]
+    on_n1 = [i for i in ids if Job.objects.get(pk=i).owner_node == "n1"]
+    assert len(on_n1) >= 2, "some keys are owned by n1"
+    held, rest = on_n1[0], on_n1[1:]
+    Job.objects.filter(pk=held).update(state="running")
+    locked, wake = threading.Event(), threading.Event()
+
+    def frozen_worker() -> None:
+        # A worker frozen in the middle of its commit: the job's row locked by a transaction that does not end.
+        try:
+            with transaction.atomic():
+                Job.objects.select_for_update().get(pk=held)
+                locked.set()
+                wake.wait(30)
+        finally:
+            connections.close_all()
+
+    thread = threading.Thread(target=frozen_worker)
+    thread.start()
+    try:
+        assert locked.wait(10)
+        started = time.monotonic()
+        services.node_mark_suspect(node="n1")
+        services.node_mark_dead(node="n1")
+        assert time.monotonic() - started < 5, "the conviction waited for the frozen worker's row"
+        assert all(Job.objects.get(pk=i).state == "requeued" for i in rest), "the other jobs moved at once"
+        assert Job.objects.get(pk=held).owner_node == "n1", "the held job is left behind for now"
+        assert jobs_hand_over_orphans(ring=current_ring()) == 0, "still held: skipped again, without waiting"
+    finally:
+        wake.set()
+        thread.join()
+    assert jobs_hand_over_orphans(ring=current_ring()) == 1
+    job = Job.objects.get(pk=held)
+    assert (job.state, job.dispatch) == ("requeued", 2) and job.owner_node in ("n2", "n3")
