@@ -12,6 +12,7 @@ from django.db import connection, connections, transaction
 from locks import LockBackendUnavailable, get_backend
 from locks.backends.db import DatabaseLockBackend
 from locks.models import LockCounter, LockLease, LockWaiter
+from tests.locks.waiters import line_up
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -59,23 +60,7 @@ def test_concurrent_claims_grant_exactly_one(db_backend, name):
 def test_waiters_are_served_in_arrival_order(db_backend, name, settings):
     settings.RINGMASTER = {"LOCKS": {"MAX_BARGES": 0}}
     holder = db_backend.acquire(name, ttl=30)
-    order = []
-
-    def wait(i):
-        lease = db_backend.acquire(name, ttl=30, timeout=10)
-        order.append(i)
-        lease.release()
-        connections.close_all()
-
-    threads = []
-    for i in range(4):
-        thread = threading.Thread(target=wait, args=(i,))
-        thread.start()
-        threads.append(thread)
-        deadline = time.monotonic() + 5
-        while LockWaiter.objects.filter(name=name).count() < i + 1:
-            assert time.monotonic() < deadline, "a waiter never took its place in line"
-            time.sleep(0.005)
+    threads, order = line_up(db_backend, name, count=4, queued=LockWaiter.objects.filter(name=name).count)
     holder.release()
     for thread in threads:
         thread.join()

@@ -18,6 +18,7 @@ from locks import LockLost, get_backend
 from locks.backends.db import DatabaseLockBackend
 from locks.backends.pg_advisory import advisory_key
 from tests import services
+from tests.locks.waiters import line_up
 from tests.locks.workers import ADVISORY_ALIAS
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -149,23 +150,7 @@ def test_verify_does_not_push_the_lease_further(advisory, name):
 @pytest.mark.services
 def test_waiters_are_served_in_arrival_order(advisory, name):
     holder = advisory.acquire(name, ttl=30)
-    order = []
-
-    def wait(i):
-        lease = advisory.acquire(name, ttl=30, timeout=10)
-        order.append(i)
-        lease.release()
-        connections.close_all()
-
-    threads = []
-    for i in range(4):
-        thread = threading.Thread(target=wait, args=(i,))
-        thread.start()
-        threads.append(thread)
-        deadline = time.monotonic() + 5
-        while queued(advisory_key(name)) < i + 1:
-            assert time.monotonic() < deadline, "a waiter never queued in PostgreSQL"
-            time.sleep(0.005)
+    threads, order = line_up(advisory, name, count=4, queued=lambda: queued(advisory_key(name)))
     holder.release()
     for thread in threads:
         thread.join()

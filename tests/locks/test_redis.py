@@ -12,6 +12,7 @@ from redis.crc import key_slot
 
 from locks import LockBackendUnavailable, get_backend, lock
 from locks.backends.redis import Keys, RedisLockBackend
+from tests.locks.waiters import line_up
 from tests.services import free_port
 
 pytestmark = [pytest.mark.services, pytest.mark.django_db(transaction=True)]
@@ -45,23 +46,7 @@ def test_tokens_never_go_backwards_after_redis_loses_its_data(rb, name):
 
 def test_release_hands_the_lock_to_the_first_waiter_in_order(rb, name):
     holder = rb.acquire(name, ttl=30)
-    order = []
-
-    def wait(i):
-        lease = rb.acquire(name, ttl=30, timeout=10)
-        order.append(i)
-        time.sleep(0.01)
-        lease.release()
-
-    threads = []
-    for i in range(4):
-        thread = threading.Thread(target=wait, args=(i,))
-        thread.start()
-        threads.append(thread)
-        deadline = time.monotonic() + 5
-        while rb.client.zcard(Keys(name).queue) < i + 1:
-            assert time.monotonic() < deadline, "a waiter never queued"
-            time.sleep(0.002)
+    threads, order = line_up(rb, name, count=4, queued=lambda: rb.client.zcard(Keys(name).queue))
     assert rb.acquire(name, timeout=0) is None, "a newcomer jumped the queue"
     holder.release()
     for thread in threads:
