@@ -196,6 +196,24 @@ def _cpu_seconds(pids: list[int]) -> float:
     return total
 
 
+def _server_pids(command: str) -> list[int]:
+    """Every process whose command name is ``command`` (the PostgreSQL or Redis server: all backends)."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if Path(f"/proc/{entry}/comm").read_text().strip() == command:
+                    pids.append(int(entry))
+            except OSError:
+                continue
+    return pids
+
+
+def _servers_cpu() -> dict[str, float]:
+    """CPU seconds used so far by the PostgreSQL and Redis servers of this machine (shared with other work)."""
+    return {name: _cpu_seconds(_server_pids(name)) for name in ("postgres", "redis-server")}
+
+
 class Cleanup:
     """Undo steps run last-in first-out, on success, failure, Ctrl-C or SIGTERM."""
 
@@ -492,6 +510,7 @@ def child_throughput(args: argparse.Namespace) -> dict:
                 pids = [pid for root in worker_pids for pid in _tree_pids(root)]
                 load = os.getloadavg()[0]
                 cpu0, pg0, rc0 = _cpu_seconds(pids), _pg_commits(), _redis_commands(client)
+                servers0 = _servers_cpu()
                 if kind == "plain":
                     row = _measure_plain(tasks, client, f"{args.variant}-r{rnd}", items, args.timeout, valve)
                 else:
@@ -505,6 +524,7 @@ def child_throughput(args: argparse.Namespace) -> dict:
                     cpu_s=_cpu_seconds(pids) - cpu0,
                     pg_xacts=_pg_commits() - pg0,
                     redis_cmds=_redis_commands(client) - rc0,
+                    servers_cpu_s={k: v - servers0[k] for k, v in _servers_cpu().items()},
                 )
                 row["seconds"] = row["end"] - row["t0"]
                 out["rounds"].append(row)
@@ -945,8 +965,9 @@ def report_throughput(args: argparse.Namespace, variants: dict[str, dict]) -> li
         " no database. Lock backend: Redis.",
         "",
         "| configuration | round | task | jobs | load avg | enqueue s (paused) | done before resume "
-        "| resume → last done s | jobs/s | worker CPU ms/job | PG xacts/job | Redis cmds/job | outcome |",
-        "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+        "| resume → last done s | jobs/s | worker CPU ms/job | PG server CPU ms/job | Redis server CPU ms/job "
+        "| PG xacts/job | Redis cmds/job | outcome |",
+        "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     for name, data in variants.items():
         for r in data["rounds"]:
@@ -957,6 +978,8 @@ def report_throughput(args: argparse.Namespace, variants: dict[str, dict]) -> li
                 f"| {name} | {r['round']} | {r['kind']} | {r['jobs']:,} | {r['load']:.1f} | {r['enqueue_s']:.2f} "
                 f"| {r.get('early', 0)} | {r['seconds']:.2f} "
                 f"| {r['jobs'] / r['seconds']:,.0f} | {1000 * r['cpu_s'] / r['jobs']:.2f} "
+                f"| {1000 * r['servers_cpu_s']['postgres'] / r['jobs']:.2f} "
+                f"| {1000 * r['servers_cpu_s']['redis-server'] / r['jobs']:.2f} "
                 f"| {r['pg_xacts'] / r['jobs']:.2f} | {r['redis_cmds'] / r['jobs']:.1f} | {outcome} |"
             )
     lines += [
@@ -986,7 +1009,8 @@ def report_throughput(args: argparse.Namespace, variants: dict[str, dict]) -> li
         "",
         "Load avg: the machine's 1-minute load average when the row started (2 CPUs, shared with other work)."
         " Done before resume: jobs that finished while the workers were paused (must be 0 for a fair row)."
-        " Worker CPU counts the worker processes (main + pool), not PostgreSQL's or Redis's. PG xacts/job: the"
+        " Worker CPU counts the worker processes (main + pool), not PostgreSQL's or Redis's; the server columns"
+        " count every PostgreSQL and Redis server process of the machine (other work on it included). PG xacts/job: the"
         " benchmark database's commits + rollbacks (enqueue side included; servers report them up to a second"
         " late, so ± a little). Redis cmds/job: every command the Redis server ran for any client of the"
         " database (broker, results, locks, heartbeats, inside Lua scripts too).",

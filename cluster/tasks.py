@@ -37,11 +37,13 @@ from idempotency import IdempotencyInProgress, IdempotencyKeyMismatch, StaleFenc
 from idempotency import services as idem
 from idempotency.keys import arguments_fingerprint
 from idempotency.leases import lease_keeper
+from idempotency.models import IdempotencyRecord
 from locks import Lease, LockBackendUnavailable, LockLost, LockNotAcquired, lock
 
 from .jobs import PUBLISHERS, announce, canonical_json, job_create, task_scope
 from .models import OPEN_JOB_STATES, Job, JobState
 from .routing import node_name_for
+from .statements import Statement, can_batch, execute_together
 
 logger = logging.getLogger(__name__)
 
@@ -268,12 +270,20 @@ def _start_sql(connection: BaseDatabaseWrapper) -> str:
 _start_sql_cache: dict[str, str] = {}
 
 
-def _start(spec: TaskSpec, task: Task, job_id: str, dispatch: int, node: str) -> Job | None:
-    """Mark the job running for this copy of its message; None when this copy must not run.
+def _start(
+    spec: TaskSpec, job_id: str, dispatch: int, node: str, claim: idem.ClaimStatement | None
+) -> tuple[Job | None, IdempotencyRecord | None]:
+    """Mark the job running for this copy of its message; (None, None) when this copy must not run.
 
     One conditional ``UPDATE ... RETURNING`` in autocommit (PostgreSQL, SQLite >= 3.35): the row
     lock of the UPDATE decides between racing copies as the old SELECT ... FOR UPDATE did, at a
     quarter of the round trips. Only a copy that must not run pays a second read, to log why.
+
+    On PostgreSQL the idempotency claim's statement rides in the same round trip and transaction
+    (its returned record comes back as the second value, to be settled), and that transaction
+    commits without waiting for the disk: losing it in a database crash is the same as this worker
+    dying before it (the job is retried either way), and the body's commit, which does wait,
+    flushes the log up to and past it. So a job waits for the disk once.
     """
     using = router.db_for_write(Job)
     connection = connections[using]
@@ -282,13 +292,28 @@ def _start(spec: TaskSpec, task: Task, job_id: str, dispatch: int, node: str) ->
         sql = _start_sql_cache[connection.vendor] = _start_sql(connection)
     now = connection.ops.adapt_datetimefield_value(timezone.now())
     pk = Job._meta.pk.get_db_prep_value(uuid.UUID(job_id), connection)
-    with connection.cursor() as cursor:
-        cursor.execute(sql, [JobState.RUNNING.value, node, now, now, pk, dispatch, *(s.value for s in RUNNABLE_STATES)])
-        row = cursor.fetchone()
-    if row is None:
+    statements: list[Statement] = [
+        (sql, [JobState.RUNNING.value, node, now, now, pk, dispatch, *(s.value for s in RUNNABLE_STATES)])
+    ]
+    together = can_batch(using) and not connection.in_atomic_block
+    if together:
+        statements.insert(0, ("SET LOCAL synchronous_commit TO off", []))
+    with_claim = together and claim is not None and claim.using == using
+    if with_claim:
+        statements.append((claim.sql, claim.params))
+    results = execute_together(using, statements)
+    record = None
+    if with_claim:
+        claimed = results[-1]
+        record = idem.record_from_row(using=using, columns=claimed.columns, row=claimed.rows[0])
+        results = results[:-1]
+    rows = results[-1].rows
+    if not rows:
+        if record is not None and record.owner == claim.owner:
+            idem.record_release(record=record, token=record.fencing_token, using=using)  # not ours to run
         _log_skipped(spec, job_id, dispatch, using)
-        return None
-    attempts, owner_node = row
+        return None, None
+    attempts, owner_node = rows[0]
     job = Job(
         id=uuid.UUID(job_id),
         task_name=spec.name,
@@ -299,7 +324,7 @@ def _start(spec: TaskSpec, task: Task, job_id: str, dispatch: int, node: str) ->
         ran_on=node,
     )
     announce(job)
-    return job
+    return job, record
 
 
 def _log_skipped(spec: TaskSpec, job_id: str, dispatch: int, using: str) -> None:
@@ -314,20 +339,26 @@ def _log_skipped(spec: TaskSpec, job_id: str, dispatch: int, using: str) -> None
 
 def run_job(spec: TaskSpec, task: Task, job_id: str, dispatch: int, kwargs: dict[str, Any]) -> Any:
     node = node_name_for(task.request.hostname or "")
+    # No per-task health check (a SELECT 1 before the first statement, which CONN_HEALTH_CHECKS
+    # asks for after Celery's fixup reset the connection): a dead connection fails _start just the
+    # same, which retries the job, and the fixup closes that connection after the task. A round
+    # trip fewer per job (benchmarks/results/jobs.md).
+    connections[router.db_for_write(Job)].health_check_done = True
+    idem_key = spec.format(spec.idempotency_key, kwargs, "idempotency_key")
+    claim_statement = _claim_statement(spec, idem_key, kwargs) if idem_key is not None else None
     try:
-        job = _start(spec, task, job_id, dispatch, node)
+        job, claimed = _start(spec, job_id, dispatch, node, claim_statement)
     except (OperationalError, InterfaceError) as exc:
         # The database is away (a restart, a failover): the message must not be acked as done.
         logger.warning("job %s: could not start it (%s), retrying", job_id, exc)
         raise task.retry(exc=exc, countdown=spec.backoff(task.request.retries)) from exc
     if job is None:
         return None
-    idem_key = spec.format(spec.idempotency_key, kwargs, "idempotency_key")
     claim = None
     lease_handle = None
     try:
-        if idem_key is not None:
-            claim = _claim(spec, idem_key, kwargs)
+        if claim_statement is not None:
+            claim = _claim(claim_statement, claimed)
             if claim.outcome == idem.REPLAY:
                 _finish(job, dispatch, JobState.DUPLICATE, result=claim.record.result)
                 return claim.record.result
@@ -389,19 +420,23 @@ def run_job(spec: TaskSpec, task: Task, job_id: str, dispatch: int, kwargs: dict
             lease_keeper.unregister(lease_handle)
 
 
-def _claim(spec: TaskSpec, idem_key: str, kwargs: dict[str, Any]) -> idem.Claim:
-    fingerprint = arguments_fingerprint(canonical_json(kwargs))
-    claim = idem.record_claim(
+def _claim_statement(spec: TaskSpec, idem_key: str, kwargs: dict[str, Any]) -> idem.ClaimStatement:
+    return idem.record_claim_statement(
         scope=task_scope(spec.name),
         key=idem_key,
-        fingerprint=fingerprint,
+        fingerprint=arguments_fingerprint(canonical_json(kwargs)),
         ttl=spec.idempotency_ttl,
         lease_seconds=IDEMPOTENCY_LEASE,
     )
+
+
+def _claim(statement: idem.ClaimStatement, claimed: IdempotencyRecord | None) -> idem.Claim:
+    """Settle the claim (sending it now unless it went with the start); raise unless this run may go on."""
+    claim = idem.record_claim_settle(statement, claimed)
     if claim.outcome == idem.MISMATCH:
-        raise IdempotencyKeyMismatch(scope=claim.record.scope, key=idem_key)
+        raise IdempotencyKeyMismatch(scope=claim.record.scope, key=statement.key)
     if claim.outcome == idem.IN_PROGRESS:
-        raise IdempotencyInProgress(scope=claim.record.scope, key=idem_key, retry_after=claim.retry_after)
+        raise IdempotencyInProgress(scope=claim.record.scope, key=statement.key, retry_after=claim.retry_after)
     return claim
 
 
@@ -423,10 +458,7 @@ def _run_body(
             json.dumps(result)
         except (TypeError, ValueError) as exc:
             raise TypeError(f"{spec.name} returned a result that is not JSON-serialisable: {exc}") from None
-        if claim is not None:
-            idem.record_complete(record=claim.record, token=claim.token, ttl=spec.idempotency_ttl, result=result)
-        if not _succeed(job, dispatch, result=result, lock_token=lease_token):
-            raise StaleDispatch(str(job.pk))
+        _complete(spec, job, dispatch, claim, result=result, lock_token=lease_token)
         if lease is not None:
             # Last check before the commit: a lease lost while the body ran (it expired during a
             # pause, or the lock store restarted and forgot it) rolls the body back for a retry.
@@ -449,19 +481,43 @@ def _succeed_sql(connection: BaseDatabaseWrapper) -> str:
 _succeed_sql_cache: dict[str, str] = {}
 
 
-def _succeed(job: Job, dispatch: int, *, result: Any, lock_token: int | None) -> bool:
-    """Record the job's success, fenced by its dispatch number; False when it was handed elsewhere."""
+def _complete(
+    spec: TaskSpec, job: Job, dispatch: int, claim: idem.Claim | None, *, result: Any, lock_token: int | None
+) -> None:
+    """Complete the idempotency record and record the job's success: one round trip on PostgreSQL.
+
+    Raises ``StaleFencingToken`` when another attempt took the key over, ``StaleDispatch`` when the
+    job was handed elsewhere; either way the body's transaction rolls back.
+    """
+    using = router.db_for_write(Job)
+    statements = []
+    if claim is not None and idem.database_alias() == using:
+        statements.append(
+            idem.record_complete_statement(
+                record=claim.record, token=claim.token, ttl=spec.idempotency_ttl, result=result, using=using
+            )
+        )
+    elif claim is not None:  # records in another database: their own round trip
+        idem.record_complete(record=claim.record, token=claim.token, ttl=spec.idempotency_ttl, result=result)
+    statements.append(_succeed_statement(job, dispatch, result=result, lock_token=lock_token, using=using))
+    *completed, succeeded = execute_together(using, statements)
+    if completed:
+        idem.record_complete_check(record=claim.record, token=claim.token, written=completed[0].rowcount)
+    if not succeeded.rowcount:
+        raise StaleDispatch(str(job.pk))
+
+
+def _succeed_statement(job: Job, dispatch: int, *, result: Any, lock_token: int | None, using: str) -> Statement:
+    """The job's success, fenced by its dispatch number: writes no row when it was handed elsewhere."""
     # Hand-written like _start: the ORM's query building cost more than the statement itself.
-    connection = connections[router.db_for_write(Job)]
+    connection = connections[using]
     sql = _succeed_sql_cache.get(connection.vendor)
     if sql is None:
         sql = _succeed_sql_cache[connection.vendor] = _succeed_sql(connection)
     now = connection.ops.adapt_datetimefield_value(timezone.now())
     result_value = Job._meta.get_field("result").get_db_prep_save(result, connection)
     pk = Job._meta.pk.get_db_prep_value(job.pk, connection)
-    with connection.cursor() as cursor:
-        cursor.execute(sql, [JobState.SUCCEEDED.value, result_value, lock_token, now, now, pk, dispatch])
-        return cursor.rowcount > 0
+    return sql, [JobState.SUCCEEDED.value, result_value, lock_token, now, now, pk, dispatch]
 
 
 def _finish(job: Job, dispatch: int, state: str, *, result: Any = None, error: str = "", finished: bool = True) -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import socket
 import uuid
 from dataclasses import dataclass
@@ -73,7 +74,8 @@ def new_owner() -> str:
     return f"{_HOST[:180]}:{os.getpid()}:{uuid.uuid4().hex}"
 
 
-def _claim_sql(connection) -> str:
+def _claim_sql(connection) -> tuple[str, list[str]]:
+    """The claim's SQL with positional parameters, and the names of the values they take in order."""
     qn = connection.ops.quote_name
     table = qn(IdempotencyRecord._meta.db_table)
     col = {f.name: qn(f.column) for f in IdempotencyRecord._meta.concrete_fields}
@@ -97,7 +99,7 @@ def _claim_sql(connection) -> str:
     # DO UPDATE (rather than DO NOTHING) so that the existing row comes back in the same round trip;
     # it only counts a replay. Only quoted names from the model's _meta are interpolated here, every
     # value is a bound parameter. Kept short on purpose: PostgreSQL plans it on every execution.
-    return (
+    named = (
         f"INSERT INTO {table} AS r ({', '.join(col[name] for name in inserted)})"  # noqa: S608
         f" VALUES ({', '.join(inserted.values())})"
         f" ON CONFLICT ({col['scope']}, {col['key']}) DO UPDATE SET {col['replay_count']} = CASE"
@@ -105,9 +107,10 @@ def _claim_sql(connection) -> str:
         f" AND r.{col['expires_at']} > %(now)s THEN r.{col['replay_count']} + 1 ELSE r.{col['replay_count']} END"
         " RETURNING *"
     )
+    return re.sub(r"%\((\w+)\)s", "%s", named), re.findall(r"%\((\w+)\)s", named)
 
 
-_claim_sql_cache: dict[str, str] = {}
+_claim_sql_cache: dict[str, tuple[str, list[str]]] = {}
 
 
 def _reclaimable(now: datetime, fingerprint: str) -> Q:
@@ -145,15 +148,60 @@ def record_claim(
     takeover of a dead holder's or an expired record adds one conditional UPDATE that bumps the
     fencing token and only succeeds for one of several racing attempts.
     """
+    statement = record_claim_statement(
+        scope=scope,
+        key=key,
+        fingerprint=fingerprint,
+        ttl=ttl,
+        lease_seconds=lease_seconds,
+        owner=owner,
+        now=now,
+        using=using,
+    )
+    return record_claim_settle(statement)
+
+
+@dataclass(frozen=True)
+class ClaimStatement:
+    """A claim as ``record_claim`` sends it: ``sql`` and ``params`` (positional), and what settling needs.
+
+    A caller that sends the statement itself, along with its own in one round trip
+    (``cluster_task``), passes the row it returned to ``record_claim_settle``.
+    """
+
+    sql: str
+    params: list[Any]
+    scope: str
+    key: str
+    fingerprint: str
+    owner: str
+    now: datetime
+    locked_until: datetime
+    expires_at: datetime
+    using: str
+
+
+def record_claim_statement(
+    *,
+    scope: str,
+    key: str,
+    fingerprint: str,
+    ttl: timedelta,
+    lease_seconds: float | None = None,
+    owner: str | None = None,
+    now: datetime | None = None,
+    using: str | None = None,
+) -> ClaimStatement:
     using = using or database_alias()
     now = now or timezone.now()
     lease = lease_seconds if lease_seconds is not None else idempotency_settings.LEASE_SECONDS
     owner = owner or new_owner()
     connection = connections[using]
-    sql = _claim_sql_cache.get(connection.vendor)
-    if sql is None:
-        sql = _claim_sql_cache[connection.vendor] = _claim_sql(connection)
-    params = {
+    cached = _claim_sql_cache.get(connection.vendor)
+    if cached is None:
+        cached = _claim_sql_cache[connection.vendor] = _claim_sql(connection)
+    sql, names = cached
+    values = {
         "scope": scope,
         "key": key,
         "fingerprint": fingerprint,
@@ -162,41 +210,78 @@ def record_claim(
         "locked_until": now + timedelta(seconds=lease),
         "expires_at": now + ttl,
     }
+    return ClaimStatement(
+        sql=sql,
+        params=[values[name] for name in names],
+        scope=scope,
+        key=key,
+        fingerprint=fingerprint,
+        owner=owner,
+        now=now,
+        locked_until=values["locked_until"],
+        expires_at=values["expires_at"],
+        using=using,
+    )
+
+
+def record_from_row(*, using: str, columns: list[str], row: tuple) -> IdempotencyRecord:
+    """The record a ``RETURNING *`` row describes, with Django's conversions applied (as ``raw()`` does)."""
+    connection = connections[using]
+    meta = IdempotencyRecord._meta
+    by_column = {field.column: field for field in meta.concrete_fields}
+    names, values = [], []
+    for column, value in zip(columns, row, strict=True):
+        field = by_column[column]
+        col = field.get_col(meta.db_table)
+        for converter in connection.ops.get_db_converters(col) + col.get_db_converters(connection):
+            value = converter(value, col, connection)
+        names.append(field.attname)
+        values.append(value)
+    return IdempotencyRecord.from_db(using, names, values)
+
+
+def record_claim_settle(statement: ClaimStatement, record: IdempotencyRecord | None = None) -> Claim:
+    """What the claim found; ``record`` is the row its statement returned, if the caller sent it.
+
+    Without ``record`` the statement is sent here. A record to take over is taken (one more
+    statement); losing that race to another attempt sends the claim again.
+    """
+    using, now, owner, fingerprint = statement.using, statement.now, statement.owner, statement.fingerprint
     # A lost takeover race (or a record deleted meanwhile) sends us round again; each round some
     # attempt makes progress, so a few rounds always settle.
     for _ in range(5):
-        record = list(IdempotencyRecord.objects.using(using).raw(sql, params))[0]
+        if record is None:
+            record = list(IdempotencyRecord.objects.using(using).raw(statement.sql, statement.params))[0]
         if isinstance(record.response_body, memoryview):
             record.response_body = record.response_body.tobytes()
         if record.owner == owner:
             return Claim(CLAIMED, record, now)
         if _is_reclaimable(record, now, fingerprint):
-            taken = _take_over(record, fingerprint=fingerprint, owner=owner, params=params, using=using)
+            taken = _take_over(record, statement=statement)
             if taken is not None:
                 return Claim(CLAIMED, taken, now)
+            record = None
             continue
         if record.fingerprint != fingerprint:
             return Claim(MISMATCH, record, now)
         if record.state == IdempotencyRecord.State.COMPLETED:
             return Claim(REPLAY, record, now)
         return Claim(IN_PROGRESS, record, now)
-    raise RuntimeError(f"could not settle the claim of idempotency key {key!r} in scope {scope!r}")
+    raise RuntimeError(f"could not settle the claim of idempotency key {statement.key!r} in scope {statement.scope!r}")
 
 
-def _take_over(
-    record: IdempotencyRecord, *, fingerprint: str, owner: str, params: dict, using: str
-) -> IdempotencyRecord | None:
+def _take_over(record: IdempotencyRecord, *, statement: ClaimStatement) -> IdempotencyRecord | None:
     """Claim a reclaimable record for us with the next fencing token; None if another attempt won."""
-    now = params["now"]
+    now, fingerprint, owner, using = statement.now, statement.fingerprint, statement.owner, statement.using
     token = record.fencing_token + 1
     fresh = {
         "fingerprint": fingerprint,
         "state": IdempotencyRecord.State.IN_PROGRESS,
         "owner": owner,
-        "locked_until": params["locked_until"],
+        "locked_until": statement.locked_until,
         "fencing_token": token,
         "created_at": now,
-        "expires_at": params["expires_at"],
+        "expires_at": statement.expires_at,
         "response_status": None,
         "response_headers": [],
         "response_body": None,
@@ -270,11 +355,42 @@ def record_complete(
 
     Call it inside the transaction of the work's own writes, so both commit or neither does.
     """
+    sql, params = record_complete_statement(
+        record=record,
+        token=token,
+        ttl=ttl,
+        response_status=response_status,
+        response_headers=response_headers,
+        response_body=response_body,
+        result=result,
+        now=now,
+        using=using,
+    )
+    with connections[using or database_alias()].cursor() as cursor:
+        cursor.execute(sql, params)
+        written = cursor.rowcount
+    record_complete_check(record=record, token=token, written=written)
+
+
+def record_complete_statement(
+    *,
+    record: IdempotencyRecord,
+    token: int,
+    ttl: timedelta,
+    response_status: int | None = None,
+    response_headers: list[list[str]] | None = None,
+    response_body: bytes | None = None,
+    result: Any = None,
+    now: datetime | None = None,
+    using: str | None = None,
+) -> tuple[str, list[Any]]:
+    """``record_complete``'s UPDATE as (sql, params), for a caller that sends it along with its own
+    statements in one round trip (``cluster_task``); it then passes the rows written to
+    ``record_complete_check``."""
     if isinstance(token, bool) or not isinstance(token, int) or token < 0:
         raise ValueError(f"token must be a non-negative int, got {token!r}")
-    using = using or database_alias()
     now = now or timezone.now()
-    connection = connections[using]
+    connection = connections[using or database_alias()]
     sql = _complete_sql_cache.get(connection.vendor)
     if sql is None:
         sql = _complete_sql_cache[connection.vendor] = _complete_sql(connection)
@@ -292,9 +408,11 @@ def record_complete(
     meta = IdempotencyRecord._meta
     params = [meta.get_field(name).get_db_prep_save(values[name], connection) for name in _COMPLETION_FIELDS]
     params += [record.pk, IdempotencyRecord.State.IN_PROGRESS.value, token]
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        written = cursor.rowcount
+    return sql, params
+
+
+def record_complete_check(*, record: IdempotencyRecord, token: int, written: int) -> None:
+    """Raise ``StaleFencingToken`` when the completion wrote no row: the attempt lost the key."""
     if written == 0:
         # A successor holds the key with a newer token, or completed it, or the record was deleted
         # (admin, reaper) after our lease ran out.

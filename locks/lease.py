@@ -107,7 +107,7 @@ class Lease:
         self._lost_reason: str | None = None
         self._released = False
         self._state_lock = threading.Lock()
-        self._renewer: _Renewer | None = None
+        self._auto_renewed = False
         self._arenewer: asyncio.Task | None = None
 
     def __repr__(self) -> str:
@@ -216,10 +216,10 @@ class Lease:
     # --- automatic renewal --------------------------------------------------------------------
 
     def start_auto_renew(self) -> None:
-        """Renew from a background thread every ttl x RENEW_FRACTION until release or loss."""
-        if self._renewer is None:
-            self._renewer = _Renewer(self)
-            self._renewer.start()
+        """Renew every ttl x RENEW_FRACTION, from the process's renewal thread, until release or loss."""
+        if not self._auto_renewed:
+            self._auto_renewed = True
+            _renewals.add(self)
 
     def start_async_auto_renew(self) -> None:
         """Renew from a task of the running event loop until release or loss."""
@@ -227,9 +227,10 @@ class Lease:
             self._arenewer = asyncio.get_running_loop().create_task(_arenew(self), name=f"lock-renew:{self.name}")
 
     def stop_auto_renew(self) -> None:
-        renewer, self._renewer = self._renewer, None
-        if renewer is not None:
-            renewer.stop()
+        """Stop renewing; returns once no renewal of this lease is in flight."""
+        if self._auto_renewed:
+            self._auto_renewed = False
+            _renewals.remove(self)
         task, self._arenewer = self._arenewer, None
         if task is not None and task is not _current_task():
             task.cancel()
@@ -242,9 +243,9 @@ class Lease:
                 await task
             except asyncio.CancelledError:
                 pass
-        renewer, self._renewer = self._renewer, None
-        if renewer is not None:
-            await asyncio.to_thread(renewer.stop)
+        if self._auto_renewed:
+            self._auto_renewed = False
+            await asyncio.to_thread(_renewals.remove, self)
 
 
 def _in_event_loop() -> bool:
@@ -266,29 +267,83 @@ def _renew_interval(lease: Lease) -> float:
     return max(0.01, lease.ttl * lock_settings.RENEW_FRACTION)
 
 
-class _Renewer(threading.Thread):
-    """Extends one lease until told to stop; marks it lost when an extension fails or time runs out."""
+class _Renewals:
+    """Renews the auto-renewed leases of this process, all from one daemon thread.
 
-    def __init__(self, lease: Lease) -> None:
-        super().__init__(name=f"lock-renew:{lease.name}"[:60], daemon=True)
-        self.lease = lease
-        self._stop_event = threading.Event()
+    One thread rather than one per lease: starting and joining a thread per lock cost a short job
+    more than the lock itself. A lease is due every ttl x RENEW_FRACTION; a lock released before
+    its first renewal (most jobs) never wakes the thread. Renewals run one at a time; a renewal
+    that hangs is bounded by the backend's own timeouts, and a failed one marks its lease lost
+    exactly as before. After each renewal the thread drops what it opened (a database
+    connection), so an idle process holds nothing for it.
+    """
 
-    def stop(self) -> None:
-        self._stop_event.set()
-        if threading.current_thread() is not self and self.is_alive():
-            self.join()
+    def __init__(self) -> None:
+        self._condition = threading.Condition()
+        self._due: dict[Lease, float] = {}  # lease -> when its next renewal is due (monotonic)
+        self._busy: Lease | None = None  # the lease being renewed right now
+        self._thread: threading.Thread | None = None
+        self._pid = os.getpid()
+        # When the thread looks next; -inf while it works (it looks again right after).
+        self._wake_at = math.inf
 
-    def run(self) -> None:
-        lease = self.lease
-        try:
-            interval = _renew_interval(lease)
-            while not self._stop_event.wait(interval):
+    def add(self, lease: Lease) -> None:
+        with self._condition:
+            if self._pid != os.getpid():  # a forked child inherits the registry, not the thread
+                self._pid, self._due, self._busy, self._thread = os.getpid(), {}, None, None
+                self._wake_at = math.inf
+            due = time.monotonic() + _renew_interval(lease)
+            self._due[lease] = due
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="lock-renewals", daemon=True)
+                self._thread.start()
+            if due < self._wake_at:
+                self._condition.notify()
+
+    def remove(self, lease: Lease) -> None:
+        with self._condition:
+            self._due.pop(lease, None)
+            while self._busy is lease and threading.current_thread() is not self._thread:
+                self._condition.wait()
+
+    def _next(self) -> Lease:
+        """Wait until some lease is due and return it, marked busy (call with the condition held)."""
+        while True:
+            now = time.monotonic()
+            lease, due = min(self._due.items(), key=lambda item: item[1], default=(None, math.inf))
+            if lease is not None and due <= now:
+                self._busy, self._wake_at = lease, -math.inf
+                return lease
+            self._wake_at = due
+            self._condition.wait(None if due == math.inf else due - now)
+
+    def _run(self) -> None:
+        while True:
+            with self._condition:
+                lease = self._next()
+            interval = None
+            try:
                 interval = _renew_once(lease, lease.backend.extend)
-                if interval is None:
-                    return
-        finally:
-            lease.backend.close_thread_resources()
+            except Exception as exc:  # one backend's bug must not stop the renewals of every lease
+                logger.exception("renewing lock %r token %s failed unexpectedly", lease.name, lease.token)
+                if lease.remaining() <= 0:
+                    lease.mark_lost(f"renewal failed until the lease expired: {exc!r}")
+                else:
+                    interval = max(0.01, min(_renew_interval(lease), lease.remaining() / 3))
+            finally:
+                try:
+                    lease.backend.close_thread_resources()
+                finally:
+                    with self._condition:
+                        if interval is None:
+                            self._due.pop(lease, None)
+                        elif lease in self._due:
+                            self._due[lease] = time.monotonic() + interval
+                        self._busy = None
+                        self._condition.notify_all()
+
+
+_renewals = _Renewals()
 
 
 def _renew_once(lease: Lease, extend) -> float | None:

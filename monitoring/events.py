@@ -45,28 +45,48 @@ class _Relay:
     What is queued goes out in batches (one channel-layer message per batch, not per event), and
     only while a dashboard listens somewhere (``consumers.dashboards_listening``, looked up at most
     every ``LISTENING_RECHECK`` seconds): sending four events per job to an empty group cost a
-    worker about a third of its CPU. While nobody listens, events are held until the next look
-    and then dropped; so every event published after a dashboard announced itself reaches it,
-    and what happened before is in the snapshot that dashboard reads after announcing itself (held
-    events older than the connection that a look releases are dropped by the consumer).
+    worker about a third of its CPU. While the last look found nobody, events are held without
+    waking the thread (a wake-up per event cost a busy worker more than the event itself); at the
+    next look they are sent if a dashboard listens by then, else dropped. So every event published
+    after a dashboard announced itself reaches it, and what happened before is in the snapshot that
+    dashboard reads after announcing itself (held events older than the connection are dropped by
+    the consumer).
     """
 
     def __init__(self, maxsize: int = 10_000) -> None:
-        self.queue: queue.Queue[dict[str, Any]] = queue.Queue(maxsize)
+        self.maxsize = maxsize
+        self.queue: queue.Queue[dict[str, Any]] = queue.Queue(maxsize)  # while dashboards listen
         self.dropped = 0
         self.skipped = 0  # events nobody listened to
+        self.listening = False  # what the relay thread's last look found
+        self._held: list[dict[str, Any]] = []  # published since that look found nobody
+        self._held_lock = threading.Lock()
+        self._wake = threading.Event()  # set by the first event held since the last look
+        self._look_now = threading.Event()  # flush: look now instead of at the next interval
         self._thread: threading.Thread | None = None
         self._pid = 0
         self._start_lock = threading.Lock()
 
     def put(self, event: dict[str, Any]) -> None:
         self._ensure_thread()
+        with self._held_lock:
+            if not self.listening:
+                if len(self._held) >= self.maxsize:
+                    self._count_dropped()
+                    return
+                self._held.append(event)
+                if len(self._held) == 1:
+                    self._wake.set()  # the first event since the last look: one wake-up per look, not per event
+                return
         try:
             self.queue.put_nowait(event)
         except queue.Full:
-            self.dropped += 1
-            if self.dropped % 1000 == 1:
-                logger.warning("dashboard event queue full: %s event(s) dropped so far", self.dropped)
+            self._count_dropped()
+
+    def _count_dropped(self) -> None:
+        self.dropped += 1
+        if self.dropped % 1000 == 1:
+            logger.warning("dashboard event queue full: %s event(s) dropped so far", self.dropped)
 
     def _ensure_thread(self) -> None:
         # A forked process (a Celery pool child) inherits the object but not the thread.
@@ -74,37 +94,58 @@ class _Relay:
             return
         with self._start_lock:
             if self._thread is None or self._pid != os.getpid() or not self._thread.is_alive():
+                if self._pid != os.getpid():
+                    self._held_lock = threading.Lock()  # the fork may have copied it held
+                    self._held = []  # the parent's events are the parent's to send
                 self._pid = os.getpid()
                 self._thread = threading.Thread(target=self._run, name="ringmaster-event-relay", daemon=True)
                 self._thread.start()
 
+    def _look(self) -> list[dict[str, Any]]:
+        """Look whether a dashboard listens; returns the events held meanwhile (sent if one does)."""
+        listening = dashboards_listening()
+        with self._held_lock:
+            held, self._held = self._held, []
+            self.listening = listening
+            self._wake.clear()
+        return held
+
+    def _drain(self, *, wait: bool) -> list[dict[str, Any]]:
+        events: list[dict[str, Any]] = []
+        try:
+            events.append(self.queue.get() if wait else self.queue.get_nowait())
+        except queue.Empty:
+            return events
+        while len(events) < self.maxsize:
+            try:
+                events.append(self.queue.get_nowait())
+            except queue.Empty:
+                break
+        return events
+
     def _run(self) -> None:
         loop = asyncio.new_event_loop()
-        pending: list[dict[str, Any]] = []
-        listening, next_look = False, 0.0
+        next_look = 0.0
         while True:
-            wait = max(0.0, next_look - time.monotonic()) if pending else None
-            try:
-                pending.append(self.queue.get(timeout=wait))
-            except queue.Empty:
-                pass
-            while len(pending) < self.queue.maxsize:
-                try:
-                    pending.append(self.queue.get_nowait())
-                except queue.Empty:
-                    break
-            if time.monotonic() >= next_look:
-                listening = dashboards_listening()
+            if self.listening:
+                queued = self._drain(wait=True)
+            else:
+                self._wake.wait()  # something was held since the last look (or flush asks)
+                self._look_now.wait(max(0.0, next_look - time.monotonic()))  # held until the look is due
+                queued = self._drain(wait=False)  # published just before the last look found nobody
+            pending: list[dict[str, Any]] = []
+            if time.monotonic() >= next_look or self._look_now.is_set():
+                self._look_now.clear()
+                pending = self._look()
                 next_look = time.monotonic() + LISTENING_RECHECK
-            elif not listening:
-                continue  # held until the next look: a dashboard may be connecting right now
-            if listening:
-                self._send(loop, pending)
+            pending += queued
+            if self.listening:
+                if pending:
+                    self._send(loop, pending)
             else:
                 self.skipped += len(pending)
-            for _ in pending:
+            for _ in queued:
                 self.queue.task_done()
-            pending = []
 
     def _send(self, loop: asyncio.AbstractEventLoop, events: list[dict[str, Any]]) -> None:
         try:
@@ -118,8 +159,14 @@ class _Relay:
             logger.warning("could not publish %s event(s) to dashboards", len(events), exc_info=True)
 
     def flush(self, timeout: float = 2.0) -> None:
+        """Give what was published a moment to go out (at exit): look now, then wait for the queue."""
+        if self._thread is None or self._pid != os.getpid() or not self._thread.is_alive():
+            return
         deadline = time.monotonic() + timeout
-        while self.queue.unfinished_tasks and time.monotonic() < deadline:
+        if self._held or self.queue.unfinished_tasks:
+            self._look_now.set()
+            self._wake.set()
+        while (self._held or self.queue.unfinished_tasks) and time.monotonic() < deadline:
             time.sleep(0.01)
 
 

@@ -148,6 +148,31 @@ def test_auto_renew_keeps_a_one_second_lease_through_five_seconds_of_work(backen
     backend.release(again)
 
 
+@pytest.mark.slow
+def test_one_thread_renews_many_leases_and_a_lost_one_does_not_stop_the_others(backend, alias, name):
+    def renewal_threads() -> list[threading.Thread]:
+        return [t for t in threading.enumerate() if t.name == "lock-renewals"]
+
+    leases = [backend.acquire(f"{name}:{i}", ttl=0.6, auto_renew=True) for i in range(12)]
+    try:
+        assert all(lease is not None for lease in leases)
+        assert len(renewal_threads()) == 1, "each process renews its leases from one thread"
+        assert backend.force_release(f"{name}:0", actor="test-operator")
+        time.sleep(2.0)  # more than three lease lifetimes: only renewals keep the others
+        assert leases[0].lost, "the renewal did not notice the broken lock"
+        for lease in leases[1:]:
+            lease.ensure_held()
+            assert backend.acquire(lease.name, timeout=0) is None, f"{lease.name} was free while held"
+    finally:
+        for lease in leases:
+            lease.release()
+    assert [lease.released for lease in leases[1:]] == [True] * 11
+    for lease in leases[1:]:
+        again = backend.acquire(lease.name, timeout=0)
+        assert again is not None, f"{lease.name} stayed held after its release"
+        backend.release(again)
+
+
 def test_force_release_makes_the_renewing_holder_lose_loudly(backend, alias, name, caplog):
     lost = []
 

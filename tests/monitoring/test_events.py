@@ -93,3 +93,25 @@ def test_the_dashboard_key_is_looked_up_at_most_once_per_interval_while_events_f
     wait_for(lambda: relay.queue.unfinished_tasks == 0)
     assert len(looks) <= 0.9 / events.LISTENING_RECHECK + 2, f"{len(looks)} looks in 0.9 s"
     assert layer.events(), "events were sent"
+
+
+def test_events_nobody_listens_to_wake_the_relay_once_per_look_not_once_per_event(relay, monkeypatch):
+    relay, layer, _, looks = relay
+    wakes = []
+    drain = relay._drain
+
+    def counting_drain(*, wait: bool):
+        wakes.append(time.monotonic())
+        return drain(wait=wait)
+
+    monkeypatch.setattr(relay, "_drain", counting_drain)
+    started = time.monotonic()
+    published = 0
+    while time.monotonic() - started < 0.9:
+        relay.put({"kind": "job", "id": f"e{published}"})
+        published += 1
+        time.sleep(0.002)
+    wait_for(lambda: relay.skipped == published)
+    assert layer.sent == []
+    assert published > 100
+    assert len(wakes) <= len(looks) + 1, f"{published} events woke the relay {len(wakes)} times ({len(looks)} looks)"

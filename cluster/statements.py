@@ -1,0 +1,58 @@
+"""Several SQL statements in one round trip, where the database allows it.
+
+A ``cluster_task`` job writes a few small rows at each step (the job's state, its idempotency
+record); on a busy machine each round trip to PostgreSQL costs more than the statement. Django's
+PostgreSQL backend binds parameters on the client (psycopg's ``ClientCursor``), which sends a
+query with several statements through the simple protocol: one round trip, one result per
+statement. SQLite (and a PostgreSQL connection configured with ``server_side_binding``) runs them
+one after another. Either way they run in the caller's transaction; in autocommit, PostgreSQL
+runs a multi-statement query as one transaction (so ``SET LOCAL`` in it applies to the rest).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from django.db import connections
+
+Statement = tuple[str, Sequence[Any]]
+
+
+@dataclass(frozen=True)
+class Result:
+    rowcount: int
+    rows: list[tuple]
+    columns: list[str]
+
+
+def can_batch(using: str) -> bool:
+    """Whether ``execute_together`` sends its statements in one round trip on this connection."""
+    connection = connections[using]
+    return connection.vendor == "postgresql" and not connection.settings_dict["OPTIONS"].get("server_side_binding")
+
+
+def execute_together(using: str, statements: Sequence[Statement]) -> list[Result]:
+    """Run ``statements`` (positional ``%s`` parameters) in order; each one's row count and rows."""
+    connection = connections[using]
+    results = []
+    with connection.cursor() as cursor:
+        if len(statements) > 1 and can_batch(using):
+            cursor.execute(";\n".join(sql for sql, _ in statements), [p for _, params in statements for p in params])
+            results.append(_result(cursor))
+            while cursor.nextset():
+                results.append(_result(cursor))
+            if len(results) != len(statements):
+                raise RuntimeError(f"{len(statements)} statements sent together returned {len(results)} results")
+            return results
+        for sql, params in statements:
+            cursor.execute(sql, params)
+            results.append(_result(cursor))
+    return results
+
+
+def _result(cursor) -> Result:
+    if cursor.description is None:
+        return Result(cursor.rowcount, [], [])
+    return Result(cursor.rowcount, cursor.fetchall(), [column[0] for column in cursor.description])
