@@ -172,6 +172,7 @@ class DatabaseLockBackend(BaseLockBackend):
                 f"LOCKS[{alias!r}]['OPTIONS']['MODE'] = {self.mode!r}; use one of {list(MODES)}."
             )
         self.advisory = None
+        self.advisory_waiter = None
         if self.mode == "advisory":
             vendor = connections[self.using].vendor  # a class attribute: no connection is opened
             if vendor != "postgresql":
@@ -179,9 +180,10 @@ class DatabaseLockBackend(BaseLockBackend):
                     f"LOCKS[{alias!r}]['OPTIONS']['MODE'] = 'advisory' needs PostgreSQL; database "
                     f"{self.using!r} is {vendor}. Remove MODE to use the lease table."
                 )
-            from .pg_advisory import AdvisoryLocks
+            from .pg_advisory import AdvisoryLocks, AdvisoryWaiter
 
             self.advisory = AdvisoryLocks(self)
+            self.advisory_waiter = AdvisoryWaiter  # imported here, not on every acquire
 
     def store_key(self) -> tuple:
         # The two modes keep their locks in different places: they never exclude each other.
@@ -243,9 +245,7 @@ class DatabaseLockBackend(BaseLockBackend):
 
     def _waiter(self, name: str, owner: str, ttl: float) -> Waiter:
         if self.advisory is not None:
-            from .pg_advisory import AdvisoryWaiter
-
-            return AdvisoryWaiter(self.advisory, name, owner, ttl)
+            return self.advisory_waiter(self.advisory, name, owner, ttl)
         return DatabaseWaiter(self, name, owner, ttl)
 
     def claim(self, name: str, owner: str, ttl: float, ticket: int) -> tuple[Grant | None, int]:
