@@ -6,7 +6,9 @@ exclusion across 8 processes, SIGKILL, expiry, stale holders, auto-renew, force-
 
 from __future__ import annotations
 
+import base64
 import importlib
+import json
 import threading
 import time
 
@@ -16,7 +18,7 @@ from django.db import connection, connections, transaction
 
 from locks import LockLost, get_backend
 from locks.backends.db import DatabaseLockBackend
-from locks.backends.pg_advisory import advisory_key
+from locks.backends.pg_advisory import advisory_key, describe
 from tests import services
 from tests.locks.waiters import line_up
 from tests.locks.workers import ADVISORY_ALIAS
@@ -51,6 +53,15 @@ def queued(key: int) -> int:
 
 
 # --- configuration ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("lock_name", ["plain", 'it\'s "quoted" \\ and ünïcode', "tab\tnew\nline\x01", "🔒" * 60])
+def test_the_lease_text_is_base64_of_the_json_of_name_and_owner(lock_name):
+    """held() of every version decodes it: the text must stay exactly json.dumps([name, owner])."""
+    owner = 'node "7"\\:1:2:0a1b2c3d'
+    decoded = base64.b64decode(describe(lock_name, owner)).decode()
+    assert decoded == json.dumps([lock_name, owner], ensure_ascii=False)
+    assert json.loads(decoded) == [lock_name, owner]
 
 
 def test_unknown_mode_is_refused():
