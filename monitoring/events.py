@@ -33,6 +33,12 @@ _LOCK_FIELDS = ("name", "token", "owner", "backend", "reason", "contended")
 # A batch sent to the channel layer carries at most this many events.
 BATCH_LIMIT = 200
 
+# Once an event wakes the relay thread, it waits this long for more before taking what is queued:
+# woken for every event, the thread cost a process publishing events (a lock per grant and per
+# release) more than the events themselves (benchmarks/results/locks.md). Dashboards redraw
+# about once a second, so a batch that is this much later changes nothing they show.
+GATHER = 0.02
+
 
 class _Relay:
     """Sends events to the channel layer from one background thread per process.
@@ -88,6 +94,8 @@ class _Relay:
                 pending.append(self.queue.get(timeout=wait))
             except queue.Empty:
                 pass
+            else:
+                time.sleep(GATHER)
             while len(pending) < self.queue.maxsize:
                 try:
                     pending.append(self.queue.get_nowait())
