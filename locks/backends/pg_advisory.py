@@ -29,7 +29,9 @@ row write at all:
   empty hands out nothing until ``locks_advisory_new_epoch()`` has moved the sequence 2^32 past
   its recovered value (and to at least the clock in microseconds) in a transaction committed with
   ``synchronous_commit = on``. 2^32 is over four billion grants, far more than can go unflushed,
-  so tokens never repeat, trusting no clock.
+  so tokens never repeat, trusting no clock. Each session reads the guard once (migration 0004):
+  a crash recovery first ends every session, so a session that found the guard in place has
+  seen no crash since.
 - **Operators**: ``held()`` reads ``pg_locks`` and ``pg_stat_activity``: the claim and keep
   statements carry the lease's name and owner in their text (base64 JSON: no quoting to get
   wrong), the transaction's ``application_name`` its token and grant time. ``force_release``

@@ -26,6 +26,7 @@ from tests.locks.workers import ADVISORY_ALIAS
 pytestmark = pytest.mark.django_db(transaction=True)
 
 advisory_migration = importlib.import_module("locks.migrations.0003_postgresql_advisory")
+claim_migration = importlib.import_module("locks.migrations.0004_postgresql_advisory_claim")
 
 ADVISORY = {"BACKEND": "locks.backends.db.DatabaseLockBackend", "OPTIONS": {"MODE": "advisory"}}
 
@@ -228,6 +229,7 @@ def test_tokens_never_repeat_when_a_crash_lost_the_sequence_s_last_values(adviso
     with connection.cursor() as cursor:
         cursor.execute("DELETE FROM locks_advisory_guard")  # what crash recovery does to an UNLOGGED table
         cursor.execute("SELECT setval('locks_advisory_token', %s)", [first.token - 20])  # lost WAL
+    advisory.advisory.close()  # a crash ends every session, the pooled lock connections' too
     second = advisory.acquire(name, ttl=5)
     assert second.token > first.token, "a token was handed out again after the simulated crash"
     assert second.token >= first.token - 20 + 2**32, "the new epoch did not move 2^32 past the recovered value"
@@ -242,7 +244,7 @@ def test_tokens_never_go_backwards_across_a_real_postgresql_crash(name, monkeypa
 
     with services.private_postgres(database="locks") as pg:
         with psycopg.connect(pg.url.replace("postgres://", "postgresql://", 1), autocommit=True) as admin:
-            for statement in advisory_migration.CREATE:
+            for statement in advisory_migration.CREATE + claim_migration.CREATE:
                 admin.execute(statement)
         settings_dict = dict(connections["default"].settings_dict)
         settings_dict.update(NAME="locks", HOST="127.0.0.1", PORT=str(pg.port), USER="postgres", PASSWORD="")
