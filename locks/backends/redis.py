@@ -96,13 +96,19 @@ end
 """
 
 # KEYS: lease, token, queue, alive, seq, own wake list.
-# ARGV: owner, ttl ms, queue up (1/0), waiter ttl ms.
+# ARGV: owner, ttl ms, queue up (1/0), waiter ttl ms, first try (1/0).
 # Returns {1, lease value, lease pttl} or {0, lease pttl, 1 if the caller is first in line}.
 CLAIM = (
     LIB
     + """
-local now_ms, now_us = clock()
 local owner = ARGV[1]
+-- The usual case, in two calls fewer: a first try (never queued, so nothing was handed to it and
+-- it has no wake list) finds the lock free and nobody waiting.
+if ARGV[5] == '1' and redis.call('EXISTS', KEYS[1], KEYS[3]) == 0 then
+  local now_ms, now_us = clock()
+  return {1, grant(KEYS[1], KEYS[2], owner, ARGV[2], now_ms, now_us), tonumber(ARGV[2])}
+end
+local now_ms, now_us = clock()
 local current = redis.call('GET', KEYS[1])
 if owned_by(current, owner) then
   -- handed to us by a release since our last look (its push may still be on its way)
@@ -375,6 +381,7 @@ class RedisWaiter(Waiter):
         self.pttl = -2
         self.first = False
         self.last_sent = 0.0
+        self.first_try = True
         self.handed: str | None = None
 
     def grant(self, value: str, sent: float) -> Grant:
@@ -394,8 +401,15 @@ class RedisWaiter(Waiter):
         result = self.backend.run_script(
             self.backend._claim,
             [keys.lease, keys.token, keys.queue, keys.alive, keys.seq, self.wake_key],
-            [self.owner, ms(self.ttl), "1" if enqueue else "0", ms(lock_settings.WAITER_TTL)],
+            [
+                self.owner,
+                ms(self.ttl),
+                "1" if enqueue else "0",
+                ms(lock_settings.WAITER_TTL),
+                "1" if self.first_try else "0",
+            ],
         )
+        self.first_try = False
         self.last_sent = sent
         if result[0] == 1:
             # Count the lease from what is left of it: a lease handed to us earlier has less.
