@@ -25,6 +25,7 @@ have received meanwhile.
 
 from __future__ import annotations
 
+import functools
 import random
 import time
 from datetime import UTC, datetime, timedelta
@@ -222,6 +223,11 @@ class Keys:
         return self.wake_prefix + owner
 
 
+@functools.lru_cache(maxsize=1024)  # the same names are locked again and again
+def keys_of(name: str) -> Keys:
+    return Keys(name)
+
+
 def name_of(lease_key: str) -> str:
     return lease_key[len("{rmlock:") : -len("}:lease")]
 
@@ -304,7 +310,7 @@ class RedisLockBackend(BaseLockBackend):
     # --- owner-checked primitives ------------------------------------------------------------
 
     def _release(self, lease: Lease) -> bool:
-        keys = Keys(lease.name)
+        keys = keys_of(lease.name)
         result = self.run_script(
             self._release_script,
             [keys.lease, keys.token, keys.queue, keys.alive],
@@ -313,12 +319,12 @@ class RedisLockBackend(BaseLockBackend):
         return result == 1
 
     def _extend(self, lease: Lease, ttl: float) -> datetime | None:
-        keys = Keys(lease.name)
+        keys = keys_of(lease.name)
         ok = self.run_script(self._extend_script, [keys.lease], [lease_value(lease), ms(ttl)])
         return timezone.now() + timedelta(seconds=ttl) if ok == 1 else None
 
     def _verify(self, lease: Lease) -> bool:
-        return self.call(self.client.get, Keys(lease.name).lease) == lease_value(lease)
+        return self.call(self.client.get, keys_of(lease.name).lease) == lease_value(lease)
 
     # --- operators ------------------------------------------------------------------------------
 
@@ -375,7 +381,7 @@ class RedisWaiter(Waiter):
         self.name = name
         self.owner = owner
         self.ttl = ttl
-        self.keys = Keys(name)
+        self.keys = keys_of(name)
         self.wake_key = self.keys.wake(owner)
         self.queued = False
         self.pttl = -2
