@@ -80,9 +80,18 @@ POSTGRESQL = Dialect(
 SQLITE = Dialect(
     now="strftime('%%Y-%%m-%%d %%H:%%M:%%f', 'now')",
     later="strftime('%%Y-%%m-%%d %%H:%%M:%%f', 'now', %(ttl)s)",
-    now_us="CAST((julianday('now') - 2440587.5) * 86400000000.0 AS INTEGER)",
+    # SQLite's clock counts milliseconds: after a lost counter row, two grants within one
+    # millisecond got the same token. A SQLite database is on this machine, so the claimer's clock
+    # (sqlite_now_us) is the database's, to the microsecond.
+    now_us="%(now_us)s",
     seconds=lambda ttl: f"+{ttl:.3f} seconds",
 )
+
+
+def sqlite_now_us() -> int:
+    """The token floor on SQLite: microseconds since the epoch."""
+    return time.time_ns() // 1000
+
 
 # On PostgreSQL the whole claim is one call of the PL/pgSQL function of migration 0002: count
 # the live tickets ahead; if the lease looks free and the claimer is first in line (or may
@@ -281,7 +290,7 @@ class DatabaseLockBackend(BaseLockBackend):
             no, ahead = refused()
             if no:
                 return None, None, None, ahead
-            cursor.execute(self.sql(SQLITE_BUMP), {**params, "streak": 1 if ahead else 0})
+            cursor.execute(self.sql(SQLITE_BUMP), {**params, "streak": 1 if ahead else 0, "now_us": sqlite_now_us()})
             (token,) = cursor.fetchone()
             cursor.execute(self.sql(SQLITE_CLAIM), {**params, "token": token})
             row = cursor.fetchone()
