@@ -46,13 +46,23 @@ class AppSettings:
     def __getattr__(self, name: str) -> Any:
         if name.startswith("_") or name not in self.defaults:
             raise AttributeError(f"RINGMASTER[{self.section!r}] has no setting {name!r}")
-        if self._values is None:
-            self._values = self._load()
-        return self._values[name]
+        values = self._values
+        if values is None:
+            values = self._values = self._load()
+        value = values[name]
+        # Kept as an instance attribute, so the next read does not come here: locks read settings
+        # on every acquire (DRF's api_settings caches its attributes the same way). _reload drops
+        # them; if it ran meanwhile, this one is dropped too rather than kept stale.
+        setattr(self, name, value)
+        if self._values is not values:
+            self.__dict__.pop(name, None)
+        return value
 
     def _reload(self, *, setting: str, **kwargs: Any) -> None:
         if setting == "RINGMASTER":
             self._values = None
+            for name in self.defaults:
+                self.__dict__.pop(name, None)
 
 
 def settings_errors(app_settings: AppSettings, check_id: str) -> list:

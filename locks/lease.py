@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import math
 import os
@@ -36,9 +37,16 @@ class LeaseInfo:
     backend: str = ""
 
 
+# The random part of owner identities: a random start per process, then one more per acquire.
+# Reading os.urandom for every acquire cost more than the rest of new_owner; a counter also
+# cannot repeat within a process (for 2**32 acquires), which random draws could.
+_owner_suffixes = itertools.count(secrets.randbits(32))
+
+
 def new_owner() -> str:
     """A holder identity: node name, pid, thread and a random part (one per acquire)."""
-    return f"{lock_settings.NODE_NAME}:{os.getpid()}:{threading.get_native_id()}:{secrets.token_hex(4)}"
+    suffix = next(_owner_suffixes) & 0xFFFFFFFF
+    return f"{lock_settings.NODE_NAME}:{os.getpid()}:{threading.get_native_id()}:{suffix:08x}"
 
 
 def validate_name(name: object) -> str:

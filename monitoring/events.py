@@ -33,6 +33,12 @@ _LOCK_FIELDS = ("name", "token", "owner", "backend", "reason", "contended")
 # A batch sent to the channel layer carries at most this many events.
 BATCH_LIMIT = 200
 
+# Once an event wakes the relay thread, it waits this long for more before taking what is queued:
+# woken for every event, the thread cost a process publishing events (a lock per grant and per
+# release) more than the events themselves (benchmarks/results/locks.md). Dashboards redraw
+# about once a second, so a batch that is this much later changes nothing they show.
+GATHER = 0.02
+
 
 class _Relay:
     """Sends events to the channel layer from one background thread per process.
@@ -116,6 +122,8 @@ class _Relay:
             events.append(self.queue.get() if wait else self.queue.get_nowait())
         except queue.Empty:
             return events
+        if wait:
+            time.sleep(GATHER)  # woken by one event: let the next ones arrive before taking them
         while len(events) < self.maxsize:
             try:
                 events.append(self.queue.get_nowait())

@@ -13,9 +13,8 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from ..exceptions import LockBackendUnavailable
 from ..lease import Lease, LeaseInfo, new_owner, validate_name, validate_timeout, validate_ttl
@@ -27,8 +26,7 @@ logger = logging.getLogger("locks")
 T = TypeVar("T")
 
 
-@dataclass(frozen=True)
-class Grant:
+class Grant(NamedTuple):  # a tuple: half the cost of a frozen dataclass, made on every acquire
     """What a successful claim returns; ``sent_at`` is the monotonic time the claim was sent."""
 
     token: int

@@ -80,9 +80,18 @@ POSTGRESQL = Dialect(
 SQLITE = Dialect(
     now="strftime('%%Y-%%m-%%d %%H:%%M:%%f', 'now')",
     later="strftime('%%Y-%%m-%%d %%H:%%M:%%f', 'now', %(ttl)s)",
-    now_us="CAST((julianday('now') - 2440587.5) * 86400000000.0 AS INTEGER)",
+    # SQLite's clock counts milliseconds: after a lost counter row, two grants within one
+    # millisecond got the same token. A SQLite database is on this machine, so the claimer's clock
+    # (sqlite_now_us) is the database's, to the microsecond.
+    now_us="%(now_us)s",
     seconds=lambda ttl: f"+{ttl:.3f} seconds",
 )
+
+
+def sqlite_now_us() -> int:
+    """The token floor on SQLite: microseconds since the epoch."""
+    return time.time_ns() // 1000
+
 
 # On PostgreSQL the whole claim is one call of the PL/pgSQL function of migration 0002: count
 # the live tickets ahead; if the lease looks free and the claimer is first in line (or may
@@ -172,6 +181,7 @@ class DatabaseLockBackend(BaseLockBackend):
                 f"LOCKS[{alias!r}]['OPTIONS']['MODE'] = {self.mode!r}; use one of {list(MODES)}."
             )
         self.advisory = None
+        self.advisory_waiter = None
         if self.mode == "advisory":
             vendor = connections[self.using].vendor  # a class attribute: no connection is opened
             if vendor != "postgresql":
@@ -179,9 +189,10 @@ class DatabaseLockBackend(BaseLockBackend):
                     f"LOCKS[{alias!r}]['OPTIONS']['MODE'] = 'advisory' needs PostgreSQL; database "
                     f"{self.using!r} is {vendor}. Remove MODE to use the lease table."
                 )
-            from .pg_advisory import AdvisoryLocks
+            from .pg_advisory import AdvisoryLocks, AdvisoryWaiter
 
             self.advisory = AdvisoryLocks(self)
+            self.advisory_waiter = AdvisoryWaiter  # imported here, not on every acquire
 
     def store_key(self) -> tuple:
         # The two modes keep their locks in different places: they never exclude each other.
@@ -243,9 +254,7 @@ class DatabaseLockBackend(BaseLockBackend):
 
     def _waiter(self, name: str, owner: str, ttl: float) -> Waiter:
         if self.advisory is not None:
-            from .pg_advisory import AdvisoryWaiter
-
-            return AdvisoryWaiter(self.advisory, name, owner, ttl)
+            return self.advisory_waiter(self.advisory, name, owner, ttl)
         return DatabaseWaiter(self, name, owner, ttl)
 
     def claim(self, name: str, owner: str, ttl: float, ticket: int) -> tuple[Grant | None, int]:
@@ -281,7 +290,7 @@ class DatabaseLockBackend(BaseLockBackend):
             no, ahead = refused()
             if no:
                 return None, None, None, ahead
-            cursor.execute(self.sql(SQLITE_BUMP), {**params, "streak": 1 if ahead else 0})
+            cursor.execute(self.sql(SQLITE_BUMP), {**params, "streak": 1 if ahead else 0, "now_us": sqlite_now_us()})
             (token,) = cursor.fetchone()
             cursor.execute(self.sql(SQLITE_CLAIM), {**params, "token": token})
             row = cursor.fetchone()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import threading
 
 import pytest
 from django.core.exceptions import ImproperlyConfigured
@@ -131,6 +132,33 @@ def test_node_name_is_in_the_owner(settings):
     owner = new_owner()
     assert owner.startswith("node-7:"), owner
     assert new_owner() != owner, "every acquire gets its own random part"
+
+
+def test_a_changed_node_name_reaches_owners_after_it_was_read(settings):
+    """Settings are kept once read (they are read on every acquire); a change must still show."""
+    from locks.lease import new_owner
+
+    settings.RINGMASTER = {"LOCKS": {"NODE_NAME": "node-8"}}
+    assert new_owner().startswith("node-8:")
+    settings.RINGMASTER = {"LOCKS": {"NODE_NAME": "node-9"}}
+    assert new_owner().startswith("node-9:"), "a setting read before the change stayed in use"
+
+
+def test_owners_stay_unique_across_threads():
+    from locks.lease import new_owner
+
+    owners: list[str] = []
+
+    def make() -> None:
+        owners.extend(new_owner() for _ in range(2000))
+
+    threads = [threading.Thread(target=make) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(set(owners)) == len(owners) == 8000, "two acquires got the same owner"
+    assert len({owner.rsplit(":", 1)[1] for owner in owners}) == 8000, "the random part repeated"
 
 
 @pytest.mark.django_db(transaction=True)

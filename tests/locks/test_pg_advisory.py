@@ -6,7 +6,9 @@ exclusion across 8 processes, SIGKILL, expiry, stale holders, auto-renew, force-
 
 from __future__ import annotations
 
+import base64
 import importlib
+import json
 import threading
 import time
 
@@ -16,7 +18,7 @@ from django.db import connection, connections, transaction
 
 from locks import LockLost, get_backend
 from locks.backends.db import DatabaseLockBackend
-from locks.backends.pg_advisory import advisory_key
+from locks.backends.pg_advisory import advisory_key, describe
 from tests import services
 from tests.locks.waiters import line_up
 from tests.locks.workers import ADVISORY_ALIAS
@@ -24,6 +26,7 @@ from tests.locks.workers import ADVISORY_ALIAS
 pytestmark = pytest.mark.django_db(transaction=True)
 
 advisory_migration = importlib.import_module("locks.migrations.0003_postgresql_advisory")
+claim_migration = importlib.import_module("locks.migrations.0004_postgresql_advisory_claim")
 
 ADVISORY = {"BACKEND": "locks.backends.db.DatabaseLockBackend", "OPTIONS": {"MODE": "advisory"}}
 
@@ -51,6 +54,15 @@ def queued(key: int) -> int:
 
 
 # --- configuration ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("lock_name", ["plain", 'it\'s "quoted" \\ and ünïcode', "tab\tnew\nline\x01", "🔒" * 60])
+def test_the_lease_text_is_base64_of_the_json_of_name_and_owner(lock_name):
+    """held() of every version decodes it: the text must stay exactly json.dumps([name, owner])."""
+    owner = 'node "7"\\:1:2:0a1b2c3d'
+    decoded = base64.b64decode(describe(lock_name, owner)).decode()
+    assert decoded == json.dumps([lock_name, owner], ensure_ascii=False)
+    assert json.loads(decoded) == [lock_name, owner]
 
 
 def test_unknown_mode_is_refused():
@@ -217,6 +229,7 @@ def test_tokens_never_repeat_when_a_crash_lost_the_sequence_s_last_values(adviso
     with connection.cursor() as cursor:
         cursor.execute("DELETE FROM locks_advisory_guard")  # what crash recovery does to an UNLOGGED table
         cursor.execute("SELECT setval('locks_advisory_token', %s)", [first.token - 20])  # lost WAL
+    advisory.advisory.close()  # a crash ends every session, the pooled lock connections' too
     second = advisory.acquire(name, ttl=5)
     assert second.token > first.token, "a token was handed out again after the simulated crash"
     assert second.token >= first.token - 20 + 2**32, "the new epoch did not move 2^32 past the recovered value"
@@ -231,7 +244,7 @@ def test_tokens_never_go_backwards_across_a_real_postgresql_crash(name, monkeypa
 
     with services.private_postgres(database="locks") as pg:
         with psycopg.connect(pg.url.replace("postgres://", "postgresql://", 1), autocommit=True) as admin:
-            for statement in advisory_migration.CREATE:
+            for statement in advisory_migration.CREATE + claim_migration.CREATE:
                 admin.execute(statement)
         settings_dict = dict(connections["default"].settings_dict)
         settings_dict.update(NAME="locks", HOST="127.0.0.1", PORT=str(pg.port), USER="postgres", PASSWORD="")

@@ -116,6 +116,21 @@ def private_backend(private_redis):
     backend.close()
 
 
+def test_scripts_the_server_has_forgotten_are_loaded_again(private_backend, name):
+    """A restarted (or failed-over) Redis knows no script: the next call loads it and goes on."""
+    backend, url = private_backend
+    held = backend.acquire(name, ttl=30)
+    waiter = backend.acquire(name + "-other", ttl=30)
+    redis_lib.Redis.from_url(url).script_flush()
+    assert backend.extend(held, 30), "extend after SCRIPT FLUSH"
+    assert backend.release(held), "release after SCRIPT FLUSH"
+    redis_lib.Redis.from_url(url).script_flush()
+    again = backend.acquire(name, ttl=30, timeout=0)
+    assert again is not None and again.token > held.token, "claim after SCRIPT FLUSH"
+    assert backend.release(again) and backend.release(waiter)
+    assert backend.held() == []
+
+
 def test_redis_stopped_mid_use_raises_backend_unavailable(private_backend, name):
     backend, url = private_backend
     lease = backend.acquire(name, ttl=30)

@@ -40,7 +40,7 @@ def relay(monkeypatch):
     return events._Relay(), layer, listening, looks
 
 
-def wait_for(predicate, timeout: float = 3.0) -> None:
+def wait_for(predicate, timeout: float = 10.0) -> None:  # generous: CI machines are shared
     deadline = time.monotonic() + timeout
     while not predicate():
         assert time.monotonic() < deadline, "timed out"
