@@ -33,10 +33,11 @@ _LOCK_FIELDS = ("name", "token", "owner", "backend", "reason", "contended")
 # A batch sent to the channel layer carries at most this many events.
 BATCH_LIMIT = 200
 
-# Once an event wakes the relay thread, it waits this long for more before taking what is queued:
-# woken for every event, the thread cost a process publishing events (a lock per grant and per
-# release) more than the events themselves (benchmarks/results/locks.md). Dashboards redraw
-# about once a second, so a batch that is this much later changes nothing they show.
+# After handling a batch the relay thread pauses this long, so that the events published meanwhile
+# are taken together: woken for every event, the thread cost a process publishing events (a lock
+# per grant and per release) more than the events themselves (benchmarks/results/locks.md). An
+# event after a quiet spell still goes out at once; one in a burst waits at most this long, and
+# dashboards batch their deltas to four messages a second anyway.
 GATHER = 0.02
 
 
@@ -94,8 +95,6 @@ class _Relay:
                 pending.append(self.queue.get(timeout=wait))
             except queue.Empty:
                 pass
-            else:
-                time.sleep(GATHER)
             while len(pending) < self.queue.maxsize:
                 try:
                     pending.append(self.queue.get_nowait())
@@ -105,6 +104,7 @@ class _Relay:
                 listening = dashboards_listening()
                 next_look = time.monotonic() + LISTENING_RECHECK
             elif not listening:
+                time.sleep(GATHER)
                 continue  # held until the next look: a dashboard may be connecting right now
             if listening:
                 self._send(loop, pending)
@@ -113,6 +113,7 @@ class _Relay:
             for _ in pending:
                 self.queue.task_done()
             pending = []
+            time.sleep(GATHER)  # an event after a quiet spell goes out at once; a burst waits for this
 
     def _send(self, loop: asyncio.AbstractEventLoop, events: list[dict[str, Any]]) -> None:
         try:
