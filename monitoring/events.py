@@ -33,10 +33,11 @@ _LOCK_FIELDS = ("name", "token", "owner", "backend", "reason", "contended")
 # A batch sent to the channel layer carries at most this many events.
 BATCH_LIMIT = 200
 
-# Once an event wakes the relay thread, it waits this long for more before taking what is queued:
-# woken for every event, the thread cost a process publishing events (a lock per grant and per
-# release) more than the events themselves (benchmarks/results/locks.md). Dashboards redraw
-# about once a second, so a batch that is this much later changes nothing they show.
+# After handling a batch the relay thread pauses this long, so that the events published meanwhile
+# are taken together: woken for every event, the thread cost a process publishing events (a lock
+# per grant and per release) more than the events themselves (benchmarks/results/locks.md). An
+# event after a quiet spell still goes out at once; one in a burst waits at most this long, and
+# dashboards batch their deltas to four messages a second anyway.
 GATHER = 0.02
 
 
@@ -122,8 +123,6 @@ class _Relay:
             events.append(self.queue.get() if wait else self.queue.get_nowait())
         except queue.Empty:
             return events
-        if wait:
-            time.sleep(GATHER)  # woken by one event: let the next ones arrive before taking them
         while len(events) < self.maxsize:
             try:
                 events.append(self.queue.get_nowait())
@@ -154,6 +153,8 @@ class _Relay:
                 self.skipped += len(pending)
             for _ in queued:
                 self.queue.task_done()
+            if queued:
+                time.sleep(GATHER)  # an event after a quiet spell goes out at once; a burst waits for this
 
     def _send(self, loop: asyncio.AbstractEventLoop, events: list[dict[str, Any]]) -> None:
         try:
