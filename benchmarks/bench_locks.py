@@ -15,8 +15,9 @@ configured for the embedded default) on SQLite.
 Three measurements per lock, all in this run:
 
 - uncontended: acquire + release cycles per second on one connection, one process. The locks
-  take turns: ``--cycles`` per lock in 10 interleaved rounds, and the median round counts, so a
-  burst of load from elsewhere on the machine hits every lock alike instead of one of them;
+  take turns: ``--cycles`` per lock in 10 interleaved rounds, each round starting with the next
+  lock, the garbage collector run between turns (as ``timeit`` does), and the median round
+  counts, so a burst of load from elsewhere on the machine hits every lock alike;
 - contended: N processes x M critical sections on one lock name, each section a non-atomic
   read-modify-write of a file; sections/s, the finish ratio (the first process's finish time /
   the last one's: 1.0 is perfectly fair), the longest single wait, lost updates, and the median
@@ -33,6 +34,7 @@ postgres://postgres@127.0.0.1:5432/ringmaster_bench_locks, created if missing), 
 from __future__ import annotations
 
 import argparse
+import gc
 import hashlib
 import json
 import multiprocessing
@@ -223,7 +225,13 @@ def uncontended(kind: str, cycles: int) -> float:
 
 
 def uncontended_interleaved(kinds: list[str], cycles: int) -> dict[str, float]:
-    """Cycles/s of each lock: ``cycles`` each in interleaved rounds, the median round's rate."""
+    """Cycles/s of each lock: ``cycles`` each in interleaved rounds, the median round's rate.
+
+    Each round starts with the next lock, so every lock takes every place in the order alike (the
+    place measurably mattered: a lock timed right after another one was slowed by what that one
+    left behind), and, as ``timeit`` does, the garbage collector runs before each lock's turn and
+    not during it, so no lock pays for another's garbage.
+    """
     impls = {kind: Impl(kind) for kind in kinds}
     names = {kind: f"bench:u:{uuid.uuid4().hex[:8]}" for kind in kinds}
     per_round = max(1, cycles // UNCONTENDED_ROUNDS)
@@ -231,12 +239,19 @@ def uncontended_interleaved(kinds: list[str], cycles: int) -> dict[str, float]:
     for kind, impl in impls.items():
         for _ in range(min(200, cycles)):
             impl.release(impl.acquire(names[kind], 30))
-    for _ in range(UNCONTENDED_ROUNDS):
-        for kind, impl in impls.items():
-            started = time.perf_counter()
-            for _ in range(per_round):
-                impl.release(impl.acquire(names[kind], 30))
-            rates[kind].append(per_round / (time.perf_counter() - started))
+    for round_ in range(UNCONTENDED_ROUNDS):
+        start = round_ % len(kinds)
+        for kind in kinds[start:] + kinds[:start]:
+            impl = impls[kind]
+            gc.collect()
+            gc.disable()
+            try:
+                started = time.perf_counter()
+                for _ in range(per_round):
+                    impl.release(impl.acquire(names[kind], 30))
+                rates[kind].append(per_round / (time.perf_counter() - started))
+            finally:
+                gc.enable()
     return {kind: statistics.median(r) for kind, r in rates.items()}
 
 
