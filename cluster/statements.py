@@ -30,7 +30,11 @@ class Result:
 def can_batch(using: str) -> bool:
     """Whether ``execute_together`` sends its statements in one round trip on this connection."""
     connection = connections[using]
-    return connection.vendor == "postgresql" and not connection.settings_dict["OPTIONS"].get("server_side_binding")
+    if connection.vendor != "postgresql" or connection.settings_dict["OPTIONS"].get("server_side_binding"):
+        return False
+    from django.db.backends.postgresql.psycopg_any import is_psycopg3
+
+    return is_psycopg3  # psycopg2's cursors cannot step to a second result (nextset)
 
 
 def execute_together(using: str, statements: Sequence[Statement]) -> list[Result]:
