@@ -21,6 +21,7 @@ import os
 import re
 import socket
 import uuid
+import weakref
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -227,17 +228,34 @@ def record_claim_statement(
 def record_from_row(*, using: str, columns: list[str], row: tuple) -> IdempotencyRecord:
     """The record a ``RETURNING *`` row describes, with Django's conversions applied (as ``raw()`` does)."""
     connection = connections[using]
-    meta = IdempotencyRecord._meta
-    by_column = {field.column: field for field in meta.concrete_fields}
+    plans = _row_plans.setdefault(connection.ops, {})
+    plan = plans.get(tuple(columns))
+    if plan is None:
+        plan = plans[tuple(columns)] = _row_plan(connection, columns)
     names, values = [], []
-    for column, value in zip(columns, row, strict=True):
-        field = by_column[column]
-        col = field.get_col(meta.db_table)
-        for converter in connection.ops.get_db_converters(col) + col.get_db_converters(connection):
+    for (attname, col, converters), value in zip(plan, row, strict=True):
+        for converter in converters:
             value = converter(value, col, connection)
-        names.append(field.attname)
+        names.append(attname)
         values.append(value)
     return IdempotencyRecord.from_db(using, names, values)
+
+
+def _row_plan(connection, columns: list[str]) -> list[tuple[str, Any, list]]:
+    """Per column: the field's attname, its ``Col`` and Django's converters for this connection."""
+    meta = IdempotencyRecord._meta
+    by_column = {field.column: field for field in meta.concrete_fields}
+    plan = []
+    for column in columns:
+        field = by_column[column]
+        col = field.get_col(meta.db_table)
+        plan.append((field.attname, col, connection.ops.get_db_converters(col) + col.get_db_converters(connection)))
+    return plan
+
+
+# Per connection (its converters are bound to it), columns -> _row_plan: building the converters
+# for each row cost more than the row's statement.
+_row_plans: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def record_claim_settle(statement: ClaimStatement, record: IdempotencyRecord | None = None) -> Claim:
