@@ -40,7 +40,7 @@ from idempotency.leases import lease_keeper
 from idempotency.models import IdempotencyRecord
 from locks import Lease, LockBackendUnavailable, LockLost, LockNotAcquired, lock
 
-from .jobs import PUBLISHERS, announce, canonical_json, job_create, task_scope
+from .jobs import PUBLISHERS, RunningJob, announce, canonical_json, job_create, task_scope
 from .models import OPEN_JOB_STATES, Job, JobState
 from .routing import node_name_for
 from .statements import Statement, can_batch, execute_together
@@ -272,7 +272,7 @@ _start_sql_cache: dict[str, str] = {}
 
 def _start(
     spec: TaskSpec, job_id: str, dispatch: int, node: str, claim: idem.ClaimStatement | None
-) -> tuple[Job | None, IdempotencyRecord | None]:
+) -> tuple[RunningJob | None, IdempotencyRecord | None]:
     """Mark the job running for this copy of its message; (None, None) when this copy must not run.
 
     One conditional ``UPDATE ... RETURNING`` in autocommit (PostgreSQL, SQLite >= 3.35): the row
@@ -314,11 +314,10 @@ def _start(
         _log_skipped(spec, job_id, dispatch, using)
         return None, None
     attempts, owner_node = rows[0]
-    job = Job(
+    job = RunningJob(
         id=uuid.UUID(job_id),
         task_name=spec.name,
         owner_node=owner_node,
-        dispatch=dispatch,
         state=JobState.RUNNING,
         attempts=attempts,
         ran_on=node,
@@ -443,7 +442,7 @@ def _claim(statement: idem.ClaimStatement, claimed: IdempotencyRecord | None) ->
 def _run_body(
     spec: TaskSpec,
     task: Task,
-    job: Job,
+    job: RunningJob,
     dispatch: int,
     kwargs: dict[str, Any],
     claim: idem.Claim | None,
@@ -482,7 +481,7 @@ _succeed_sql_cache: dict[str, str] = {}
 
 
 def _complete(
-    spec: TaskSpec, job: Job, dispatch: int, claim: idem.Claim | None, *, result: Any, lock_token: int | None
+    spec: TaskSpec, job: RunningJob, dispatch: int, claim: idem.Claim | None, *, result: Any, lock_token: int | None
 ) -> None:
     """Complete the idempotency record and record the job's success: one round trip on PostgreSQL.
 
@@ -507,7 +506,7 @@ def _complete(
         raise StaleDispatch(str(job.pk))
 
 
-def _succeed_statement(job: Job, dispatch: int, *, result: Any, lock_token: int | None, using: str) -> Statement:
+def _succeed_statement(job: RunningJob, dispatch: int, *, result: Any, lock_token: int | None, using: str) -> Statement:
     """The job's success, fenced by its dispatch number: writes no row when it was handed elsewhere."""
     # Hand-written like _start: the ORM's query building cost more than the statement itself.
     connection = connections[using]
@@ -520,7 +519,9 @@ def _succeed_statement(job: Job, dispatch: int, *, result: Any, lock_token: int 
     return sql, [JobState.SUCCEEDED.value, result_value, lock_token, now, now, pk, dispatch]
 
 
-def _finish(job: Job, dispatch: int, state: str, *, result: Any = None, error: str = "", finished: bool = True) -> None:
+def _finish(
+    job: Job | RunningJob, dispatch: int, state: str, *, result: Any = None, error: str = "", finished: bool = True
+) -> None:
     # updated_at by hand: update() leaves auto_now alone, and jobs_resend_stalled reads it as progress.
     fields: dict[str, Any] = {"state": state, "error": error[:2000], "updated_at": timezone.now()}
     if result is not None:
