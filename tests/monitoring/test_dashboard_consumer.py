@@ -109,11 +109,13 @@ def joined_active(name: str) -> None:
 async def test_anonymous_is_rejected_with_4401():
     comm = await connect(AnonymousUser())
     assert await comm.receive_output(timeout=2) == {"type": "websocket.close", "code": CLOSE_ANONYMOUS}
+    await comm.disconnect()
 
 
 async def test_non_staff_is_rejected_with_4403(make_user):
     comm = await connect(await make_user("plain", staff=False))
     assert await comm.receive_output(timeout=2) == {"type": "websocket.close", "code": CLOSE_FORBIDDEN}
+    await comm.disconnect()
 
 
 async def test_a_foreign_origin_is_refused_by_the_asgi_stack():
@@ -122,6 +124,7 @@ async def test_a_foreign_origin_is_refused_by_the_asgi_stack():
     comm = WebsocketCommunicator(application, "/ws/cluster/", headers=[(b"origin", b"http://evil.example")])
     connected, _ = await comm.connect()
     assert not connected, "AllowedHostsOriginValidator refuses a foreign Origin before the consumer runs"
+    await comm.disconnect()
 
 
 async def test_a_user_demoted_mid_connection_is_closed_on_the_next_message(make_user, django_user_model):
