@@ -4,6 +4,6 @@ Public entry points: ``cluster.ring.HashRing`` (pure), ``cluster.services`` (mem
 ``cluster.selectors`` (``current_ring``, ``owner_of``, ``owners_of``).
 """
 
-from .exceptions import IllegalTransition, UnknownNode
+from .exceptions import IllegalTransition, JobFailed, UnknownNode
 
-__all__ = ["IllegalTransition", "UnknownNode"]
+__all__ = ["IllegalTransition", "JobFailed", "UnknownNode"]

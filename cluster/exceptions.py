@@ -18,3 +18,7 @@ class UnknownNode(LookupError):
     def __init__(self, name: str) -> None:
         self.name = name
         super().__init__(f"no node named {name!r}")
+
+
+class JobFailed(Exception):
+    """A ``cluster_task`` job ended failed: ``AsyncResult.get()`` raises it with the job's recorded error."""

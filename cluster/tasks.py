@@ -42,6 +42,7 @@ from locks import Lease, LockBackendUnavailable, LockLost, LockNotAcquired, lock
 
 from .jobs import PUBLISHERS, RunningJob, announce, canonical_json, job_create, task_scope
 from .models import OPEN_JOB_STATES, Job, JobState
+from .results import JobTask
 from .routing import node_name_for
 from .statements import Statement, can_batch, execute_together
 
@@ -237,7 +238,8 @@ def cluster_task(
 
         run.__name__ = run.__qualname__ = func.__name__
         run.__module__ = func.__module__
-        options = {"acks_late": True, "reject_on_worker_lost": True, **celery_options}
+        # JobTask: results are read from the Job rows, not stored twice (cluster/results.py).
+        options = {"acks_late": True, "reject_on_worker_lost": True, "base": JobTask, **celery_options}
         celery_task = shared_task(name=spec.name, bind=True, max_retries=max_retries, **options)(run)
         wrapper = ClusterTask(spec, celery_task)
         PUBLISHERS[spec.name] = wrapper.publish
