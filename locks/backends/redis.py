@@ -23,12 +23,12 @@ that gives up passes on a grant it may have received meanwhile.
 Under contention a section costs a release, a claim that queues up and a ``BLPOP``. A process
 whose last release of a name found others in line expects to wait for it next time and sends its
 claim and its ``BLPOP`` together behind ``CLIENT REPLY SKIP`` (``RedisWaiter.claim_and_block``):
-one send and one wake-up instead of two (8 processes on 2 cores: 0.96-1.27x, median 1.18x, the
-contended throughput of two separate calls in six paired runs). Letting the releasing process
-take the lock again instead (a bounded barge, as the database backend's ``MAX_BARGES`` does) was
-measured at 0.5-0.65x strict hand-off: the releaser's next claim is one more round trip on the
-critical path than a direct hand-off, and the first waiter has to be woken anyway in case the
-releaser does not come back.
+one send and one wake-up instead of two (8 processes on 2 cores, ten paired runs: 0.72-1.61x,
+median 1.18x, the contended throughput of two separate calls, and 100-200 us less CPU a
+section). Letting the releasing process take the lock again instead (a bounded barge, as the
+database backend's ``MAX_BARGES`` does) was measured at 0.5-0.65x strict hand-off: the
+releaser's next claim is one more round trip on the critical path than a direct hand-off, and
+the first waiter has to be woken anyway in case the releaser does not come back.
 """
 
 from __future__ import annotations

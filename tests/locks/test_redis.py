@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import statistics
 import threading
 import time
@@ -206,6 +207,24 @@ def test_an_acquire_that_expects_to_wait_finds_the_lock_free(private_backend, na
     assert lease is not None and backend.verify(lease)
     assert time.monotonic() - started < 0.1, "a free lock was not granted at once"
     assert backend.release(lease)
+
+
+def test_an_async_acquire_that_expects_to_wait(private_backend, name):
+    backend, url = private_backend
+    held = hand_over_once(backend, name)
+    skips = reply_skips(url)
+
+    async def scenario():
+        task = asyncio.create_task(backend.aacquire(name, ttl=30, timeout=5))
+        await asyncio.sleep(0.05)
+        assert not task.done(), "a second holder got the lock"
+        assert await backend.arelease(held)
+        lease = await asyncio.wait_for(task, 5)
+        assert lease is not None and lease.token > held.token and await backend.averify(lease)
+        assert await backend.arelease(lease)
+
+    asyncio.run(scenario())
+    assert reply_skips(url) == skips + 1, "the async acquire did not send its claim and BLPOP together"
 
 
 def test_an_acquire_that_expects_to_wait_queues_behind_the_waiters_already_in_line(rb, name):
