@@ -490,7 +490,10 @@ class RedisWaiter(Waiter):
         claim_keys = [keys.lease, keys.token, keys.queue, keys.alive, keys.seq, self.wake_key]
         args = [self.owner, ms(self.ttl), "1", ms(lock_settings.WAITER_TTL), "1", "1"]
         pool = self.backend.client.connection_pool
-        conn = pool.get_connection()
+        try:
+            conn = pool.get_connection()
+        except REDIS_ERRORS:
+            return False  # the plain claim that follows reports it (or retries)
         try:
             conn.send_packed_command(
                 conn.pack_commands(

@@ -180,6 +180,15 @@ def hand_over_once(backend, name: str):
     return got[0]
 
 
+def release_elsewhere(lease, url: str) -> None:
+    """Release through a second backend on the same Redis, so ``lease``'s own backend still expects to wait."""
+    other = RedisLockBackend("other", {"LOCATION": url})
+    try:
+        assert other.release(lease), "the lease to release elsewhere was not held"
+    finally:
+        other.close()
+
+
 def reply_skips(url: str) -> int:
     stats = redis_lib.Redis.from_url(url).info("commandstats")
     return stats.get("cmdstat_client|reply", {}).get("calls", 0)
@@ -201,9 +210,11 @@ def test_an_acquire_that_expects_to_wait_takes_its_turn_and_is_granted_once(priv
 
 def test_an_acquire_that_expects_to_wait_finds_the_lock_free(private_backend, name):
     backend, url = private_backend
-    assert hand_over_once(backend, name).release()
+    release_elsewhere(hand_over_once(backend, name), url)
+    skips = reply_skips(url)
     started = time.monotonic()
     lease = backend.acquire(name, ttl=30, timeout=5)
+    assert reply_skips(url) == skips + 1, "the acquire did not send its claim and BLPOP together"
     assert lease is not None and backend.verify(lease)
     assert time.monotonic() - started < 0.1, "a free lock was not granted at once"
     assert backend.release(lease)
@@ -227,8 +238,10 @@ def test_an_async_acquire_that_expects_to_wait(private_backend, name):
     assert reply_skips(url) == skips + 1, "the async acquire did not send its claim and BLPOP together"
 
 
-def test_an_acquire_that_expects_to_wait_queues_behind_the_waiters_already_in_line(rb, name):
-    hand_over_once(rb, name).release()
+def test_an_acquire_that_expects_to_wait_queues_behind_the_waiters_already_in_line(private_backend, name):
+    rb, url = private_backend
+    release_elsewhere(hand_over_once(rb, name), url)
+    skips = reply_skips(url)
     holder = rb.acquire(name, ttl=30)
     threads, order = line_up(rb, name, count=3, queued=lambda: rb.client.zcard(Keys(name).queue))
 
@@ -247,6 +260,7 @@ def test_an_acquire_that_expects_to_wait_queues_behind_the_waiters_already_in_li
     for thread in [*threads, late]:
         thread.join()
     assert order == [0, 1, 2, "busy"], f"served out of order: {order}"
+    assert reply_skips(url) == skips + 5, "not every acquire sent its claim and BLPOP together"
 
 
 def test_an_acquire_that_expects_to_wait_gives_up_after_its_timeout(private_backend, name):
@@ -261,11 +275,13 @@ def test_an_acquire_that_expects_to_wait_gives_up_after_its_timeout(private_back
 
 def test_an_acquire_that_expects_to_wait_takes_over_from_a_holder_that_died(private_backend, name):
     """The claim's reply is skipped, so the holder's pttl is learnt by the next claim: still lease + 0.5 s."""
-    backend, _url = private_backend
-    assert hand_over_once(backend, name).release()
+    backend, url = private_backend
+    release_elsewhere(hand_over_once(backend, name), url)
     dead = backend.acquire(name, ttl=1)  # never released: its holder "died"
     granted = time.monotonic()
+    skips = reply_skips(url)
     lease = backend.acquire(name, ttl=30, timeout=5)
+    assert reply_skips(url) == skips + 1, "the acquire did not send its claim and BLPOP together"
     assert lease is not None and lease.token > dead.token
     assert time.monotonic() - granted < 1.5, f"took over {time.monotonic() - granted:.2f} s after a 1 s lease"
     assert backend.release(lease)
@@ -274,9 +290,11 @@ def test_an_acquire_that_expects_to_wait_takes_over_from_a_holder_that_died(priv
 def test_an_acquire_that_expects_to_wait_survives_forgotten_scripts(private_backend, name):
     """SCRIPT FLUSH: the skipped claim fails unseen, the BLPOP waits briefly, the next claim loads the script."""
     backend, url = private_backend
-    assert hand_over_once(backend, name).release()
+    release_elsewhere(hand_over_once(backend, name), url)
     redis_lib.Redis.from_url(url).script_flush()
+    skips = reply_skips(url)
     lease = backend.acquire(name, ttl=30, timeout=5)
+    assert reply_skips(url) == skips + 1, "the acquire did not send its claim and BLPOP together"
     assert lease is not None and backend.verify(lease)
     assert backend.release(lease)
 
@@ -297,3 +315,15 @@ def test_client_reply_refused_falls_back_to_two_round_trips(private_backend, nam
     caplog.clear()
     assert backend.acquire(name, ttl=30, timeout=5).release()
     assert not caplog.records, "the refusal was tried (and logged) again"
+
+
+def test_an_acquire_that_expects_to_wait_on_a_stopped_redis_raises_backend_unavailable(private_backend, name):
+    backend, url = private_backend
+    release_elsewhere(hand_over_once(backend, name), url)
+    try:
+        redis_lib.Redis.from_url(url).shutdown(nosave=True)
+    except redis_lib.exceptions.ConnectionError:
+        pass  # the server closes the connection as it exits
+    backend.client.connection_pool.disconnect()  # no pooled socket left: the next one must connect
+    with pytest.raises(LockBackendUnavailable, match="private"):
+        backend.acquire(name, ttl=5, timeout=1)
