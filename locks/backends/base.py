@@ -39,6 +39,8 @@ class Grant(NamedTuple):  # a tuple: half the cost of a frozen dataclass, made o
 class Waiter:
     """One acquire call's view of a lock: claim, wait, give up. Backends subclass it."""
 
+    deadline: float = math.inf  # the acquire call's deadline (monotonic), set before the first claim
+
     def try_claim(self, *, enqueue: bool) -> Grant | None:
         """One atomic claim; when it fails and ``enqueue`` is true, take (or keep) a place in line."""
         raise NotImplementedError
@@ -117,6 +119,7 @@ class BaseLockBackend:
         started = time.monotonic()
         deadline = math.inf if timeout is None else started + timeout
         waiter = self._waiter(name, owner, ttl)
+        waiter.deadline = deadline
         grant = None
         contended = False
         try:
@@ -151,6 +154,7 @@ class BaseLockBackend:
         started = time.monotonic()
         deadline = math.inf if timeout is None else started + timeout
         waiter = self._waiter(name, owner, ttl)
+        waiter.deadline = deadline
         grant = None
         contended = False
         try:

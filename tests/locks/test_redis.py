@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import statistics
 import threading
 import time
@@ -154,3 +155,175 @@ def test_closed_port_raises_backend_unavailable(name):
         backend.acquire(name, ttl=5, timeout=0)
     with pytest.raises(LockBackendUnavailable):
         backend.held()
+
+
+# --- an acquire that expects to wait: claim and BLPOP in one round trip (claim_and_block) -------
+
+
+def hand_over_once(backend, name: str):
+    """Release ``name`` once while a thread waits for it, as a process in a contended loop does.
+
+    Afterwards ``backend`` expects to wait for ``name`` (its last release found someone in line),
+    so its next acquire of it sends the claim and the BLPOP together. Returns the thread's lease.
+    """
+    holder = backend.acquire(name, ttl=30)
+    got = []
+    thread = threading.Thread(target=lambda: got.append(backend.acquire(name, ttl=30, timeout=5)))
+    thread.start()
+    deadline = time.monotonic() + 5
+    while not backend.client.zcard(Keys(name).queue):
+        assert time.monotonic() < deadline, "the waiter never took its place in line"
+        time.sleep(0.001)
+    assert holder.release()
+    thread.join()
+    assert got and got[0] is not None, "the waiter did not get the lock"
+    return got[0]
+
+
+def release_elsewhere(lease, url: str) -> None:
+    """Release through a second backend on the same Redis, so ``lease``'s own backend still expects to wait."""
+    other = RedisLockBackend("other", {"LOCATION": url})
+    try:
+        assert other.release(lease), "the lease to release elsewhere was not held"
+    finally:
+        other.close()
+
+
+def reply_skips(url: str) -> int:
+    stats = redis_lib.Redis.from_url(url).info("commandstats")
+    return stats.get("cmdstat_client|reply", {}).get("calls", 0)
+
+
+def test_an_acquire_that_expects_to_wait_takes_its_turn_and_is_granted_once(private_backend, name):
+    backend, url = private_backend
+    held = hand_over_once(backend, name)
+    skips = reply_skips(url)
+    threading.Timer(0.05, held.release).start()
+    lease = backend.acquire(name, ttl=30, timeout=5)
+    assert reply_skips(url) == skips + 1, "the acquire did not send its claim and BLPOP together"
+    assert lease is not None and lease.token > held.token, "no lease, or a token that did not increase"
+    assert backend.verify(lease), "the lease handed over is not the one Redis holds"
+    assert backend.client.ping(), "the connection's replies are out of step after the skipped reply"
+    assert backend.release(lease)
+    assert backend.acquire(name, timeout=0).release(), "the lock stayed held after its release"
+
+
+def test_an_acquire_that_expects_to_wait_finds_the_lock_free(private_backend, name):
+    backend, url = private_backend
+    release_elsewhere(hand_over_once(backend, name), url)
+    skips = reply_skips(url)
+    started = time.monotonic()
+    lease = backend.acquire(name, ttl=30, timeout=5)
+    assert reply_skips(url) == skips + 1, "the acquire did not send its claim and BLPOP together"
+    assert lease is not None and backend.verify(lease)
+    assert time.monotonic() - started < 0.1, "a free lock was not granted at once"
+    assert backend.release(lease)
+
+
+def test_an_async_acquire_that_expects_to_wait(private_backend, name):
+    backend, url = private_backend
+    held = hand_over_once(backend, name)
+    skips = reply_skips(url)
+
+    async def scenario():
+        task = asyncio.create_task(backend.aacquire(name, ttl=30, timeout=5))
+        await asyncio.sleep(0.05)
+        assert not task.done(), "a second holder got the lock"
+        assert await backend.arelease(held)
+        lease = await asyncio.wait_for(task, 5)
+        assert lease is not None and lease.token > held.token and await backend.averify(lease)
+        assert await backend.arelease(lease)
+
+    asyncio.run(scenario())
+    assert reply_skips(url) == skips + 1, "the async acquire did not send its claim and BLPOP together"
+
+
+def test_an_acquire_that_expects_to_wait_queues_behind_the_waiters_already_in_line(private_backend, name):
+    rb, url = private_backend
+    release_elsewhere(hand_over_once(rb, name), url)
+    skips = reply_skips(url)
+    holder = rb.acquire(name, ttl=30)
+    threads, order = line_up(rb, name, count=3, queued=lambda: rb.client.zcard(Keys(name).queue))
+
+    def busy() -> None:
+        lease = rb.acquire(name, ttl=30, timeout=10)
+        order.append("busy")
+        lease.release()
+
+    late = threading.Thread(target=busy)
+    late.start()
+    deadline = time.monotonic() + 5
+    while rb.client.zcard(Keys(name).queue) < 4:
+        assert time.monotonic() < deadline, "the late acquire never took its place in line"
+        time.sleep(0.002)
+    holder.release()
+    for thread in [*threads, late]:
+        thread.join()
+    assert order == [0, 1, 2, "busy"], f"served out of order: {order}"
+    assert reply_skips(url) == skips + 5, "not every acquire sent its claim and BLPOP together"
+
+
+def test_an_acquire_that_expects_to_wait_gives_up_after_its_timeout(private_backend, name):
+    backend, _url = private_backend
+    held = hand_over_once(backend, name)
+    started = time.monotonic()
+    assert backend.acquire(name, ttl=30, timeout=0.05) is None
+    assert time.monotonic() - started < 0.5, "the timeout was not kept"
+    assert not backend.client.exists(Keys(name).queue), "a waiter that gave up stayed in line"
+    assert backend.release(held)
+
+
+def test_an_acquire_that_expects_to_wait_takes_over_from_a_holder_that_died(private_backend, name):
+    """The claim's reply is skipped, so the holder's pttl is learnt by the next claim: still lease + 0.5 s."""
+    backend, url = private_backend
+    release_elsewhere(hand_over_once(backend, name), url)
+    dead = backend.acquire(name, ttl=1)  # never released: its holder "died"
+    granted = time.monotonic()
+    skips = reply_skips(url)
+    lease = backend.acquire(name, ttl=30, timeout=5)
+    assert reply_skips(url) == skips + 1, "the acquire did not send its claim and BLPOP together"
+    assert lease is not None and lease.token > dead.token
+    assert time.monotonic() - granted < 1.5, f"took over {time.monotonic() - granted:.2f} s after a 1 s lease"
+    assert backend.release(lease)
+
+
+def test_an_acquire_that_expects_to_wait_survives_forgotten_scripts(private_backend, name):
+    """SCRIPT FLUSH: the skipped claim fails unseen, the BLPOP waits briefly, the next claim loads the script."""
+    backend, url = private_backend
+    release_elsewhere(hand_over_once(backend, name), url)
+    redis_lib.Redis.from_url(url).script_flush()
+    skips = reply_skips(url)
+    lease = backend.acquire(name, ttl=30, timeout=5)
+    assert reply_skips(url) == skips + 1, "the acquire did not send its claim and BLPOP together"
+    assert lease is not None and backend.verify(lease)
+    assert backend.release(lease)
+
+
+def test_client_reply_refused_falls_back_to_two_round_trips(private_backend, name, caplog):
+    """An ACL (or a proxy) that refuses CLIENT REPLY: one warning, then plain claims, nothing out of step."""
+    backend, url = private_backend
+    held = hand_over_once(backend, name)
+    redis_lib.Redis.from_url(url).acl_setuser("default", enabled=True, nopass=True, commands=["-client|reply"])
+    threading.Timer(0.05, held.release).start()
+    lease = backend.acquire(name, ttl=30, timeout=5)
+    assert lease is not None and lease.token > held.token and backend.verify(lease)
+    assert any("CLIENT REPLY SKIP was refused" in r.getMessage() for r in caplog.records), "no warning logged"
+    assert backend.client.ping()
+    assert backend.release(lease)
+    again = hand_over_once(backend, name)
+    threading.Timer(0.05, again.release).start()
+    caplog.clear()
+    assert backend.acquire(name, ttl=30, timeout=5).release()
+    assert not caplog.records, "the refusal was tried (and logged) again"
+
+
+def test_an_acquire_that_expects_to_wait_on_a_stopped_redis_raises_backend_unavailable(private_backend, name):
+    backend, url = private_backend
+    release_elsewhere(hand_over_once(backend, name), url)
+    try:
+        redis_lib.Redis.from_url(url).shutdown(nosave=True)
+    except redis_lib.exceptions.ConnectionError:
+        pass  # the server closes the connection as it exits
+    backend.client.connection_pool.disconnect()  # no pooled socket left: the next one must connect
+    with pytest.raises(LockBackendUnavailable, match="private"):
+        backend.acquire(name, ttl=5, timeout=1)
