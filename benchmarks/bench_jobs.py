@@ -1034,7 +1034,7 @@ def report_profile(variant: str, p: dict) -> list[str]:
         "",
         f"{p['samples']:,} samples of the thread that runs tasks, during an extra `cluster_task` round;"
         f" {100 * p['in_run_job'] / total:.0f}% inside `run_job`, the rest in Celery around it (receiving the"
-        " task from the main process, storing the result, the Django fixup's connection handling).",
+        " task from the main process, the Django fixup's connection handling).",
         "",
         "| step of `run_job` | share of all samples |",
         "| --- | ---: |",
