@@ -691,27 +691,12 @@ class _RedisMonitor:
 
 def _inprocess_costs(tasks, client) -> dict:
     """One job's statements and Redis commands, and in-process wall time, run eagerly (no broker, no workers)."""
-    import hashlib
 
     from django.db import connection, reset_queries
     from django.test.utils import CaptureQueriesContext
 
-    from cluster.jobs import canonical_json
-    from cluster.models import Job
-
     def make_job(item: int) -> tuple[str, dict]:
-        kwargs = {"run": "inproc", "item": item}
-        job = Job.objects.create(
-            id=uuid.uuid4(),
-            task_name=tasks.CLUSTER_TASK_NAME,
-            args=kwargs,
-            args_digest=hashlib.sha256(canonical_json(kwargs).encode()).hexdigest(),
-            routing_key=f"bench:{item}",
-            lock_name=f"bench:{item}",
-            idempotency_key=f"bench:inproc:{item}",
-            owner_node="inproc",
-        )
-        return str(job.id), kwargs
+        return tasks.make_job(tasks.CLUSTER_TASK_NAME, "inproc", item)
 
     def run_cluster(item: int) -> float:
         job_id, kwargs = make_job(item)  # the enqueue side's INSERT, outside the timing

@@ -7,8 +7,13 @@ Workers load this module with ``celery -A config worker -I jobs_bench_tasks`` (`
 
 from __future__ import annotations
 
+import hashlib
+import uuid
+
 from celery import shared_task
 
+from cluster.jobs import canonical_json
+from cluster.models import Job
 from cluster.tasks import JobContext, cluster_task
 
 CLUSTER_TASK_NAME = "bench_jobs.cluster_noop"
@@ -29,3 +34,19 @@ def cluster_noop(ctx: JobContext, *, run: str, item: int) -> dict:
 @shared_task(name=PLAIN_TASK_NAME, acks_late=True)
 def plain_noop(*, run: str, item: int) -> dict:
     return {"item": item}
+
+
+def make_job(task_name: str, run: str, item: int) -> tuple[str, dict]:
+    """A queued Job row as ``delay()`` writes it, without publishing: for running the task in-process."""
+    kwargs = {"run": run, "item": item}
+    job = Job.objects.create(
+        id=uuid.uuid4(),
+        task_name=task_name,
+        args=kwargs,
+        args_digest=hashlib.sha256(canonical_json(kwargs).encode()).hexdigest(),
+        routing_key=f"bench:{item}",
+        lock_name=f"bench:{item}",
+        idempotency_key=f"bench:{run}:{item}",
+        owner_node="inproc",
+    )
+    return str(job.id), kwargs

@@ -18,14 +18,13 @@ Wall-clock benchmarks on a shared machine move with its load; this count does no
 
 from __future__ import annotations
 
-import hashlib
 import os
 import subprocess
 import sys
 import time
-import uuid
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 
 import django  # noqa: E402
@@ -35,9 +34,8 @@ django.setup()
 import logging  # noqa: E402
 
 from celery import shared_task  # noqa: E402
+from jobs_bench_tasks import make_job  # noqa: E402
 
-from cluster.jobs import canonical_json  # noqa: E402
-from cluster.models import Job  # noqa: E402
 from cluster.tasks import cluster_task  # noqa: E402
 
 logging.disable(logging.INFO)
@@ -62,21 +60,6 @@ KINDS = {
 PLAIN = shared_task(name="instr.plain", acks_late=True)(plain_body)
 
 
-def make_job(task, item: int) -> tuple[str, dict]:
-    kwargs = {"run": "instr", "item": item}
-    job = Job.objects.create(
-        id=uuid.uuid4(),
-        task_name=task.name,
-        args=kwargs,
-        args_digest=hashlib.sha256(canonical_json(kwargs).encode()).hexdigest(),
-        routing_key=f"bench:{item}",
-        lock_name=f"bench:{item}",
-        idempotency_key=f"bench:instr:{item}",
-        owner_node="inproc",
-    )
-    return str(job.id), kwargs
-
-
 def callgrind(switch: str) -> None:
     subprocess.run(["callgrind_control", "-i", switch, str(os.getpid())], stdout=subprocess.DEVNULL, check=False)
 
@@ -87,7 +70,7 @@ def main(kind: str, count: int) -> None:
         runs = [lambda i=i: PLAIN.apply(kwargs={"run": "instr", "item": i}) for i in range(count + 20)]
     else:
         task = KINDS[kind]
-        jobs = [make_job(task, base + i) for i in range(count + 20)]
+        jobs = [make_job(task.name, "instr", base + i) for i in range(count + 20)]
         runs = [
             lambda j=j, k=k: task.celery_task.apply(args=(j, 1), kwargs={"kwargs": k}, task_id=j) for j, k in jobs
         ]
