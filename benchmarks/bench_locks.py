@@ -21,7 +21,9 @@ Three measurements per lock, all in this run:
 - contended: N processes x M critical sections on one lock name, each section a non-atomic
   read-modify-write of a file; sections/s, the finish ratio (the first process's finish time /
   the last one's: 1.0 is perfectly fair), the longest single wait, lost updates, and the median
-  hand-off (a release to the next waiter's grant);
+  hand-off (a release to the next waiter's grant). The two locks the throughput target compares
+  (python-redis-lock and Ringmaster redis) take ``--pair-turns`` turns each (default 3),
+  alternating which goes first; the median turn's rate counts, the worst turn's fairness;
 - recovery: a holder with a 2 s lease is SIGKILLed; time from its grant to another process's.
 
 Ringmaster's lock_acquired/lock_released signals are sent with no receiver connected (monitoring's
@@ -351,7 +353,42 @@ def run(kinds: list[str], args: argparse.Namespace) -> dict[str, dict]:
     if "Ringmaster redis" in kinds:
         relay = relay_uncontended(max(200, args.cycles // 5), receivers)
         rows["Ringmaster redis"]["uncontended_with_relay"] = relay
+    if args.pair_turns > 1 and {PAIR[0], PAIR[1]} <= set(kinds):
+        contended_pair(rows, args)
     return rows
+
+
+# The contended throughput target compares these two; their turns alternate (see contended_pair).
+PAIR = ("python-redis-lock", "Ringmaster redis")
+
+
+def contended_pair(rows: dict[str, dict], args: argparse.Namespace) -> None:
+    """More contended turns of the compared pair, alternating which goes first; each keeps its median.
+
+    The turns above run one lock after another, so load that comes or goes during a run favours
+    one of them; alternating the pair's order (ours first, then theirs first, ...) spreads it over
+    both. Rate: the median turn's; fairness: the worst turn's finish ratio and longest wait.
+    """
+    turns = {kind: [rows[kind]] for kind in PAIR}
+    for extra in range(args.pair_turns - 1):
+        for kind in PAIR[::-1] if extra % 2 == 0 else PAIR:
+            print(f"  {kind}: contended again (turn {extra + 2} of {args.pair_turns})", file=sys.stderr, flush=True)
+            turns[kind].append(contended(kind, args.procs, args.rounds))
+    for kind, runs in turns.items():
+        runs = [r for r in runs if "error" not in r]
+        if len(runs) < args.pair_turns:
+            rows[kind]["error"] = "a contended turn failed"
+            continue
+        median = sorted(runs, key=lambda r: r["rate"])[len(runs) // 2]
+        rows[kind].update(
+            rate=median["rate"],
+            handoff_ms=median["handoff_ms"],
+            ratio=min(r["ratio"] for r in runs),
+            max_wait=max(r["max_wait"] for r in runs),
+            lost=sum(r["lost"] for r in runs),
+            overlaps=sum(r["overlaps"] for r in runs),
+            turn_rates=[r["rate"] for r in runs],
+        )
 
 
 def sqlite_rows(args: argparse.Namespace) -> dict[str, dict]:
@@ -442,6 +479,9 @@ def main() -> int:
     parser.add_argument("--cycles", type=int, default=3000)
     parser.add_argument("--procs", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=300)
+    parser.add_argument(
+        "--pair-turns", type=int, default=3, help="contended turns of python-redis-lock and Ringmaster redis (median)"
+    )
     args = parser.parse_args()
     if args.quick:
         args.cycles, args.procs, args.rounds = 500, 4, 100
@@ -461,6 +501,15 @@ def main() -> int:
         print(
             f"\nRingmaster redis uncontended with the default signal receivers connected "
             f"(monitoring's dashboard relay): {fmt(relay)} cycles/s"
+        )
+    pair_rates = [rows.get(kind, {}).get("turn_rates") for kind in PAIR]
+    if all(pair_rates):
+        turns = "; ".join(
+            f"{kind} {', '.join(fmt(rate) for rate in rates)}" for kind, rates in zip(PAIR, pair_rates, strict=True)
+        )
+        print(
+            "\nContended turns of the compared pair, alternating which went first (the table shows the median;"
+            f" its fairness columns the worst turn): {turns} sections/s"
         )
     print("\nTargets (ratios within this run):")
     print("\n".join(targets(rows)))
