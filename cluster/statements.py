@@ -17,6 +17,13 @@ from typing import Any
 
 from django.db import connections
 
+try:
+    from psycopg.pq import ExecStatus
+
+    TUPLES_OK = ExecStatus.TUPLES_OK
+except ImportError:  # no psycopg: SQLite only
+    TUPLES_OK = None
+
 Statement = tuple[str, Sequence[Any]]
 
 
@@ -50,20 +57,35 @@ def execute_together(using: str, statements: Sequence[Statement]) -> list[Result
                 cursor.execute(
                     ";\n".join(sql for sql, _ in statements), [p for _, params in statements for p in params]
                 )
-                results.append(_result(raw))
-                while raw.nextset():
-                    results.append(_result(raw))
-                if len(results) != len(statements):
-                    raise RuntimeError(f"{len(statements)} statements sent together returned {len(results)} results")
+                for index, (sql, _) in enumerate(statements):
+                    if index and not raw.nextset():
+                        break
+                    results.append(_result(raw, sql))
+                if len(results) != len(statements) or raw.nextset():
+                    raise RuntimeError(f"{len(statements)} statements sent together returned another number of results")
                 return results
             for sql, params in statements:
                 cursor.execute(sql, params)
-                results.append(_result(raw))
+                results.append(_result(raw, sql))
     return results
 
 
-def _result(cursor) -> Result:
-    description = cursor.description  # psycopg builds it anew on each access
-    if description is None:
+# sql -> the names of the columns it returns: psycopg builds ``description`` anew on each access
+# (an object per column), which cost more than reading the row. Keys are this module's callers'
+# statements, a handful of fixed strings.
+_columns: dict[str, list[str]] = {}
+
+
+def _result(cursor, sql: str) -> Result:
+    pgresult = getattr(cursor, "pgresult", None)  # psycopg; SQLite's cursor has none
+    if pgresult is None:
+        description = cursor.description
+        if description is None:
+            return Result(cursor.rowcount, [], [])
+        return Result(cursor.rowcount, cursor.fetchall(), [column[0] for column in description])
+    if pgresult.status != TUPLES_OK:
         return Result(cursor.rowcount, [], [])
-    return Result(cursor.rowcount, cursor.fetchall(), [column[0] for column in description])
+    columns = _columns.get(sql)
+    if columns is None:
+        columns = _columns[sql] = [column[0] for column in cursor.description]
+    return Result(cursor.rowcount, cursor.fetchall(), columns)
