@@ -6,7 +6,7 @@ from django.dispatch import Signal
 membership_changed = Signal()
 
 # Sent after commit with: job_id, task_name, state, owner_node, attempts.
-job_state_changed = Signal()
+job_state_changed = Signal(use_caching=True)  # sent twice per job: receivers cached per sender
 
 # An operator acted on the cluster (an admin or dashboard action). Sent inside the transaction of the
 # change, so a receiver's writes (monitoring's audit log) commit with it or not at all, with: action

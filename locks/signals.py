@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from django.dispatch import Signal
 
-lock_acquired = Signal()
-lock_released = Signal()
-lock_lost = Signal()
+lock_acquired = Signal(use_caching=True)  # sent per grant and per release: receivers cached per sender
+lock_released = Signal(use_caching=True)
+lock_lost = Signal(use_caching=True)
 
 # An operator acted on a lock (``lock.force_release``), with the keyword arguments of
 # ``cluster.signals.action_performed``: action, target ("<backend>:<name>"), actor, source, detail.

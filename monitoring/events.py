@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import itertools
 import logging
 import os
 import queue
+import secrets
 import threading
 import time
-import uuid
 from typing import Any
 
 from channels.layers import get_channel_layer
@@ -189,7 +190,21 @@ def publish(kind: str, data: dict[str, Any]) -> None:
     Each event gets an ``id`` (dashboards count rates from events that every consumer receives, so
     they need to tell one event from its copies) and ``at``, the wall-clock time it was published.
     """
-    _relay.put({"kind": kind, "at": time.time(), "id": uuid.uuid4().hex, **data})
+    _relay.put({"kind": kind, "at": time.time(), "id": _event_id(), **data})
+
+
+# Event ids: a random prefix per process and a counter. Unique across processes like a uuid4, for
+# a fraction of its cost (a uuid4 per event was a tenth of what publishing an event cost).
+_id_prefix = ("", 0)
+_id_counter = itertools.count()
+
+
+def _event_id() -> str:
+    global _id_prefix
+    prefix, pid = _id_prefix
+    if pid != os.getpid():  # a forked child (a Celery pool process) draws its own prefix
+        prefix, pid = _id_prefix = (secrets.token_hex(8), os.getpid())
+    return f"{prefix}{next(_id_counter):x}"
 
 
 def _on_membership_changed(sender: Any, **payload: Any) -> None:
