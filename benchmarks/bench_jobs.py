@@ -208,9 +208,17 @@ def _server_pids(command: str) -> list[int]:
     return pids
 
 
+def _machine_cpu() -> float:
+    """CPU seconds every process of the machine has used so far (/proc/stat: all but idle and iowait)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(fields) - fields[3] - fields[4]) / CLOCK_TICKS
+
+
 def _servers_cpu() -> dict[str, float]:
-    """CPU seconds used so far by the PostgreSQL and Redis servers of this machine (shared with other work)."""
-    return {name: _cpu_seconds(_server_pids(name)) for name in ("postgres", "redis-server")}
+    """CPU seconds used so far by the PostgreSQL and Redis servers and by the whole machine (shared with other work)."""
+    used = {name: _cpu_seconds(_server_pids(name)) for name in ("postgres", "redis-server")}
+    used["machine"] = _machine_cpu()
+    return used
 
 
 class Cleanup:
@@ -432,18 +440,27 @@ def _measure_plain(tasks, client, run: str, items: range, timeout: float, valve:
     early = sum(client.exists(*keys[i : i + 500]) for i in range(0, len(keys), 500))
     if valve is not None:
         t0 = valve.open()
+    servers0 = _servers_cpu()
 
     def done() -> bool:
         return sum(client.exists(*keys[i : i + 500]) for i in range(0, len(keys), 500)) == len(keys)
 
     wait_for(done, timeout, f"{len(ids)} plain tasks", interval=0.1)
+    servers_cpu_s = {k: v - servers0[k] for k, v in _servers_cpu().items()}
     finished, states = [], Counter()
     for i in range(0, len(keys), 500):
         for raw in client.mget(keys[i : i + 500]):
             meta = json.loads(raw)
             states[meta["status"]] += 1
             finished.append(datetime.datetime.fromisoformat(meta["date_done"]).timestamp())
-    return {"t0": t0, "enqueue_s": enqueue_s, "end": max(finished), "states": dict(states), "early": early}
+    return {
+        "t0": t0,
+        "enqueue_s": enqueue_s,
+        "end": max(finished),
+        "states": dict(states),
+        "early": early,
+        "servers_cpu_s": servers_cpu_s,
+    }
 
 
 def _measure_cluster(tasks, run: str, items: range, timeout: float, valve: Valve | None = None) -> dict:
@@ -466,15 +483,25 @@ def _measure_cluster(tasks, run: str, items: range, timeout: float, valve: Valve
     early = jobs.filter(state__in=FINAL_STATES).count()
     if valve is not None:
         t0 = valve.open()
+    servers0 = _servers_cpu()
 
     def done() -> bool:
         return not jobs.exclude(state__in=FINAL_STATES).exists()
 
     wait_for(done, timeout, f"{len(ids)} cluster_task jobs", interval=0.1)
+    servers_cpu_s = {k: v - servers0[k] for k, v in _servers_cpu().items()}
     states = dict(Counter(jobs.values_list("state", flat=True)))
     end = jobs.aggregate(end=Max("finished_at"))["end"].timestamp()
     owners = dict(Counter(jobs.values_list("ran_on", flat=True)))
-    return {"t0": t0, "enqueue_s": enqueue_s, "end": end, "states": states, "ran_on": owners, "early": early}
+    return {
+        "t0": t0,
+        "enqueue_s": enqueue_s,
+        "end": end,
+        "states": states,
+        "ran_on": owners,
+        "early": early,
+        "servers_cpu_s": servers_cpu_s,
+    }
 
 
 def child_throughput(args: argparse.Namespace) -> dict:
@@ -509,7 +536,6 @@ def child_throughput(args: argparse.Namespace) -> dict:
                 pids = [pid for root in worker_pids for pid in _tree_pids(root)]
                 load = os.getloadavg()[0]
                 cpu0, pg0, rc0 = _cpu_seconds(pids), _pg_commits(), _redis_commands(client)
-                servers0 = _servers_cpu()
                 if kind == "plain":
                     row = _measure_plain(tasks, client, f"{args.variant}-r{rnd}", items, args.timeout, valve)
                 else:
@@ -523,7 +549,6 @@ def child_throughput(args: argparse.Namespace) -> dict:
                     cpu_s=_cpu_seconds(pids) - cpu0,
                     pg_xacts=_pg_commits() - pg0,
                     redis_cmds=_redis_commands(client) - rc0,
-                    servers_cpu_s={k: v - servers0[k] for k, v in _servers_cpu().items()},
                 )
                 row["seconds"] = row["end"] - row["t0"]
                 out["rounds"].append(row)
@@ -953,8 +978,9 @@ def report_throughput(args: argparse.Namespace, variants: dict[str, dict]) -> li
         "",
         "| configuration | round | task | jobs | load avg | enqueue s (paused) | done before resume "
         "| resume → last done s | jobs/s | worker CPU ms/job | PG server CPU ms/job | Redis server CPU ms/job "
-        "| PG xacts/job | Redis cmds/job | outcome |",
-        "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+        "| machine CPU ms/job | PG xacts/job | Redis cmds/job | outcome |",
+        "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: "
+        "| --- |",
     ]
     for name, data in variants.items():
         for r in data["rounds"]:
@@ -967,26 +993,32 @@ def report_throughput(args: argparse.Namespace, variants: dict[str, dict]) -> li
                 f"| {r['jobs'] / r['seconds']:,.0f} | {1000 * r['cpu_s'] / r['jobs']:.2f} "
                 f"| {1000 * r['servers_cpu_s']['postgres'] / r['jobs']:.2f} "
                 f"| {1000 * r['servers_cpu_s']['redis-server'] / r['jobs']:.2f} "
+                f"| {1000 * r['servers_cpu_s']['machine'] / r['jobs']:.2f} "
                 f"| {r['pg_xacts'] / r['jobs']:.2f} | {r['redis_cmds'] / r['jobs']:.1f} | {outcome} |"
             )
     lines += [
         "",
-        "| configuration | task | jobs/s (all rounds) | ratio to plain | worker CPU ms/job | CPU ratio |",
-        "| --- | --- | ---: | ---: | ---: | ---: |",
+        "| configuration | task | jobs/s (all rounds) | ratio to plain | worker CPU ms/job | CPU ratio "
+        "| machine CPU ms/job | machine CPU ratio |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     verdicts = []
     for name, data in variants.items():
         rows = data["rounds"]
         rates = _rates(rows)
         ratio = rates["cluster_task"] / rates["plain"]
-        cpu = {
-            k: sum(r["cpu_s"] for r in rows if r["kind"] == k) / sum(r["jobs"] for r in rows if r["kind"] == k)
-            for k in ("plain", "cluster_task")
-        }
+        cpu, machine = {}, {}
+        for k in ("plain", "cluster_task"):
+            mine = [r for r in rows if r["kind"] == k]
+            jobs = sum(r["jobs"] for r in mine)
+            cpu[k] = sum(r["cpu_s"] for r in mine) / jobs
+            machine[k] = sum(r["servers_cpu_s"]["machine"] for r in mine) / jobs
         lines += [
-            f"| {name} | plain | {rates['plain']:,.0f} | 1.00 | {1000 * cpu['plain']:.2f} | 1.0 |",
+            f"| {name} | plain | {rates['plain']:,.0f} | 1.00 | {1000 * cpu['plain']:.2f} | 1.0 "
+            f"| {1000 * machine['plain']:.2f} | 1.0 |",
             f"| {name} | `cluster_task` | {rates['cluster_task']:,.0f} | **{ratio:.2f}** "
-            f"| {1000 * cpu['cluster_task']:.2f} | {cpu['cluster_task'] / cpu['plain']:.1f} |",
+            f"| {1000 * cpu['cluster_task']:.2f} | {cpu['cluster_task'] / cpu['plain']:.1f} "
+            f"| {1000 * machine['cluster_task']:.2f} | {machine['cluster_task'] / machine['plain']:.1f} |",
         ]
         verdict = "meets" if ratio >= args.target else "misses"
         verdicts.append(f"{name} ({VARIANTS[name][0]}): **{ratio:.2f}×**, {verdict} the target of ≥ {args.target}×")
@@ -997,7 +1029,10 @@ def report_throughput(args: argparse.Namespace, variants: dict[str, dict]) -> li
         "Load avg: the machine's 1-minute load average when the row started (2 CPUs, shared with other work)."
         " Done before resume: jobs that finished while the workers were paused (must be 0 for a fair row)."
         " Worker CPU counts the worker processes (main + pool), not PostgreSQL's or Redis's; the server columns"
-        " count every PostgreSQL and Redis server process of the machine (other work on it included). PG xacts/job: the"
+        " count every PostgreSQL and Redis server process of the machine (other work on it included), and"
+        " machine CPU every process of the machine (/proc/stat), all three from the resume to the last job done:"
+        " with nothing else running, 1 / machine CPU ratio is the best throughput ratio a CPU-bound run can"
+        " reach at best. PG xacts/job: the"
         " benchmark database's commits + rollbacks (enqueue side included; servers report them up to a second"
         " late, so ± a little). Redis cmds/job: every command the Redis server ran for any client of the"
         " database (broker, results, locks, heartbeats, inside Lua scripts too).",
