@@ -1032,7 +1032,7 @@ def report_throughput(args: argparse.Namespace, variants: dict[str, dict]) -> li
         " count every PostgreSQL and Redis server process of the machine (other work on it included), and"
         " machine CPU every process of the machine (/proc/stat), all three from the resume to the last job done:"
         " with nothing else running, 1 / machine CPU ratio is the best throughput ratio a CPU-bound run can"
-        " reach at best. PG xacts/job: the"
+        " reach. PG xacts/job: the"
         " benchmark database's commits + rollbacks (enqueue side included; servers report them up to a second"
         " late, so ± a little). Redis cmds/job: every command the Redis server ran for any client of the"
         " database (broker, results, locks, heartbeats, inside Lua scripts too).",
