@@ -16,17 +16,19 @@ Later writes are conditional on the fencing token (the completion follows the ru
 
 from __future__ import annotations
 
+import functools
+import itertools
 import logging
 import os
 import re
+import secrets
 import socket
-import uuid
 import weakref
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from django.db import connections, transaction
+from django.db import connections, models, transaction
 from django.db.models import Q
 from django.utils import timezone
 
@@ -70,9 +72,14 @@ def database_alias() -> str:
     return idempotency_settings.DATABASE
 
 
+# The attempt part of owner names: a random start per process, then one more per attempt (as
+# locks.lease.new_owner does): a uuid4 per attempt was most of what building a job's claim cost.
+_attempts = itertools.count(secrets.randbits(64))
+
+
 def new_owner() -> str:
     """A name for one attempt, unique across hosts, processes and attempts."""
-    return f"{_HOST[:180]}:{os.getpid()}:{uuid.uuid4().hex}"
+    return f"{_HOST[:180]}:{os.getpid()}:{next(_attempts) & 0xFFFFFFFFFFFFFFFF:016x}"
 
 
 def _claim_sql(connection) -> tuple[str, list[str]]:
@@ -423,10 +430,53 @@ def record_complete_statement(
         "locked_until": None,
         "fencing_token": token,
     }
-    meta = IdempotencyRecord._meta
-    params = [meta.get_field(name).get_db_prep_save(values[name], connection) for name in _COMPLETION_FIELDS]
+    params = [prepare(values[name]) for name, prepare in _completion_preparers(connection)]
     params += [record.pk, IdempotencyRecord.State.IN_PROGRESS.value, token]
     return sql, params
+
+
+def _completion_preparers(connection) -> list[tuple[str, Any]]:
+    """Per completed column, in order: its name and what turns a value into the database's form.
+
+    What each field's ``get_db_prep_save`` does for the plain values a completion holds (the
+    generic path cost more than the rest of the statement): JSON through the backend's adapter,
+    datetimes through the backend's, bytes as the driver's Binary, None as SQL NULL.
+    """
+    preparers = _preparers.get(connection.ops)
+    if preparers is None:
+        meta, ops = IdempotencyRecord._meta, connection.ops
+        preparers = []
+        for name in _COMPLETION_FIELDS:
+            field = meta.get_field(name)
+            if isinstance(field, models.JSONField):
+                prepare = functools.partial(_json_or_null, ops.adapt_json_value, field.encoder)
+            elif isinstance(field, models.DateTimeField):
+                prepare = functools.partial(_datetime_or_null, field, connection)
+            else:  # CharField, integer fields, BinaryField: their own preparation
+                prepare = functools.partial(_field_prep, field, connection)
+            preparers.append((name, prepare))
+        _preparers[connection.ops] = preparers
+    return preparers
+
+
+def _json_or_null(adapt, encoder, value: Any) -> Any:
+    return None if value is None else adapt(value, encoder)
+
+
+def _datetime_or_null(field, connection, value: datetime | None) -> Any:
+    if value is None:
+        return None
+    if timezone.is_naive(value):  # the field warns and makes it aware
+        return field.get_db_prep_save(value, connection)
+    return connection.ops.adapt_datetimefield_value(value)
+
+
+def _field_prep(field, connection, value: Any) -> Any:
+    return field.get_db_prep_save(value, connection)
+
+
+# Per connection.ops (adapters belong to the connection): the completion's preparers.
+_preparers: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def record_complete_check(*, record: IdempotencyRecord, token: int, written: int) -> None:
