@@ -47,26 +47,46 @@ def can_batch(using: str) -> bool:
 def execute_together(using: str, statements: Sequence[Statement]) -> list[Result]:
     """Run ``statements`` (positional ``%s`` parameters) in order; each one's row count and rows."""
     connection = connections[using]
+    together = len(statements) > 1 and can_batch(using)
+    if together:
+        queries = [(";\n".join(sql for sql, _ in statements), [p for _, params in statements for p in params])]
+    else:
+        queries = list(statements)
+    if connection.queries_logged or connection.execute_wrappers:
+        # Through Django's cursor wrapper, so that the query log (DEBUG, CaptureQueriesContext) and
+        # any execute_wrapper() see each round trip.
+        with connection.cursor() as cursor:
+            return _run(cursor.cursor, cursor.execute, queries, statements, together, connection)
+    # What Django's cursor() and CursorWrapper.execute() check, without the wrapper around every
+    # attribute and call: it cost a third of a statement's client CPU (benchmarks/results/jobs.md).
+    connection.close_if_health_check_failed()
+    connection.ensure_connection()
+    connection.validate_thread_sharing()
+    connection.validate_no_broken_transaction()
+    with connection.wrap_database_errors:
+        raw = connection.create_cursor()
+        try:
+            return _run(raw, raw.execute, queries, statements, together, connection)
+        finally:
+            raw.close()
+
+
+def _run(raw, execute, queries, statements: Sequence[Statement], together: bool, connection) -> list[Result]:
+    """Send ``queries`` with ``execute``; read one result per statement off the driver's cursor ``raw``."""
     results = []
-    with connection.cursor() as cursor:
-        # Results are read off the driver's cursor: each attribute of Django's wrapper goes through
-        # its __getattr__ and error wrapping, a measurable share of a job's CPU.
-        raw = cursor.cursor
-        with connection.wrap_database_errors:
-            if len(statements) > 1 and can_batch(using):
-                cursor.execute(
-                    ";\n".join(sql for sql, _ in statements), [p for _, params in statements for p in params]
-                )
-                for index, (sql, _) in enumerate(statements):
-                    if index and not raw.nextset():
-                        break
-                    results.append(_result(raw, sql))
-                if len(results) != len(statements) or raw.nextset():
-                    raise RuntimeError(f"{len(statements)} statements sent together returned another number of results")
-                return results
-            for sql, params in statements:
-                cursor.execute(sql, params)
+    with connection.wrap_database_errors:
+        if together:
+            execute(*queries[0])
+            for index, (sql, _) in enumerate(statements):
+                if index and not raw.nextset():
+                    break
                 results.append(_result(raw, sql))
+            if len(results) != len(statements) or raw.nextset():
+                raise RuntimeError(f"{len(statements)} statements sent together returned another number of results")
+            return results
+        for sql, params in queries:
+            execute(sql, params)
+            results.append(_result(raw, sql))
     return results
 
 

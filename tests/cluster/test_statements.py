@@ -11,6 +11,7 @@ import uuid
 
 import pytest
 from django.db import DatabaseError, connection, transaction
+from django.db.transaction import TransactionManagementError
 from django.test.utils import CaptureQueriesContext
 
 from cluster.models import Job
@@ -52,6 +53,28 @@ def test_a_failing_statement_raises_and_inside_a_transaction_nothing_is_written(
     with pytest.raises(DatabaseError), transaction.atomic():
         execute_together("default", [update_error(first, "written?"), ('SELECT * FROM "no_such_table"', [])])
     assert Job.objects.get(pk=first).error == "", "the transaction rolled the first statement back"
+
+
+def test_a_broken_transaction_is_refused_as_django_refuses_any_query():
+    (first,) = job_ids(1)
+    with pytest.raises(TransactionManagementError), transaction.atomic():
+        try:
+            with transaction.atomic(savepoint=False):
+                execute_together("default", [('SELECT * FROM "no_such_table"', [])])
+        except DatabaseError:
+            pass  # swallowed inside the outer block: the transaction is now unusable
+        execute_together("default", [update_error(first, "after the error")])
+    assert Job.objects.get(pk=first).error == ""
+
+
+def test_without_the_query_log_statements_run_the_same_and_are_not_logged():
+    (first,) = job_ids(1)
+    assert not connection.queries_logged
+    results = execute_together("default", [update_error(first, "fast"), ('SELECT "error" FROM "cluster_job"', [])])
+    assert results[0].rowcount == 1 and ("fast",) in results[1].rows
+    with CaptureQueriesContext(connection) as captured:
+        execute_together("default", [update_error(first, "logged")])
+    assert len(captured.captured_queries) == 1 and "logged" in captured.captured_queries[0]["sql"]
 
 
 @pytest.mark.services
