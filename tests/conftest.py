@@ -75,6 +75,20 @@ def child_env(transactional_db):
 
 
 @pytest.fixture(autouse=True)
+def _fast_password_hashing(request):
+    """Hash test users' passwords with MD5, not the production PBKDF2 (~0.25 s of CPU per user, and
+    many tests create users). No test is about the hash itself. The production hashers stay
+    listed, so a hash made elsewhere still checks; tests with child processes on their database keep
+    the production setting, since a child (a live server a browser logs in to) checks with that."""
+    if not request.config.pluginmanager.hasplugin("django") or "child_env" in request.fixturenames:
+        yield
+        return
+    settings = request.getfixturevalue("settings")
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher", *settings.PASSWORD_HASHERS]
+    yield
+
+
+@pytest.fixture(autouse=True)
 def _fresh_ring_cache(request):
     """Tests roll their transactions back, so nothing commits to drop the per-process ring cache:
     check the epoch on every call instead (test_membership covers the interval itself).

@@ -27,6 +27,7 @@ NODES = ("chaos-a", "chaos-b", "chaos-c")
 ACCOUNTS = [f"acct-{i}" for i in range(8)]
 OPENING = 100_000
 UNIQUE, DUPLICATES = 400, 100
+CHILD_SETTINGS = "tests.child_settings"  # production settings; nodes become active without 3 s to spare
 
 
 def wait_for(predicate, timeout: float, what: str) -> float:
@@ -58,6 +59,7 @@ def test_chaos_every_transfer_applied_exactly_once(child_env, redis_url):
     for name in ACCOUNTS:
         Account.objects.create(name=name, balance=OPENING)
     procs: dict[str, subprocess.Popen] = {}
+    child_env = {**child_env, "DJANGO_SETTINGS_MODULE": CHILD_SETTINGS}
     sweeper = subprocess.Popen([sys.executable, "manage.py", "sweeper"], cwd=ROOT, env=child_env)
     try:
         for name in NODES:

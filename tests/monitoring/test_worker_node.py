@@ -9,6 +9,7 @@ import time
 import pytest
 
 from cluster.models import MembershipEvent, Node
+from monitoring.liveness import LivenessPolicy
 from monitoring.sweeper import Sweeper
 from tests.processes import start_worker, stop
 
@@ -52,7 +53,9 @@ def test_worker_heartbeats_and_is_marked_dead_after_sigkill(child_env):
 def test_worker_graceful_shutdown_drains_and_leaves(child_env):
     worker = start_worker("w2", child_env)
     try:
-        sweeper = Sweeper()
+        # Active on its third on-time heartbeat, without the 3 s of stable health production asks
+        # for: the shutdown is what this test is about (the test above joins with the defaults).
+        sweeper = Sweeper(policy=LivenessPolicy(rejoin_stable_period=0.0))
         sweep_until(sweeper, lambda: node_state("w2") == "active", timeout=60)
         worker.send_signal(signal.SIGTERM)
         assert worker.wait(timeout=30) == 0
@@ -70,6 +73,8 @@ def test_two_sweepers_at_once_produce_one_transition(child_env):
 
     from tests.processes import ROOT
 
+    # Production settings, except that the node becomes active without 3 s to spare (tests/child_settings.py).
+    child_env = {**child_env, "DJANGO_SETTINGS_MODULE": "tests.child_settings"}
     sweepers = [subprocess.Popen([sys.executable, "manage.py", "sweeper"], cwd=ROOT, env=child_env) for _ in range(2)]
     worker = start_worker("w3", child_env)
     try:

@@ -11,12 +11,6 @@ LOGIN = reverse("admin:login")
 PASSWORD = "pw-staff-1"  # the staff_user fixture's
 
 
-@pytest.fixture(autouse=True)
-def fast_hashing(settings):
-    """Each attempt checks a password: a fast hasher keeps thirty attempts quick (axes is what is tested)."""
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
 def attempt(client, password, *, username="staff", ip="10.0.0.1"):
     return client.post(LOGIN, {"username": username, "password": password, "next": "/dashboard/"}, REMOTE_ADDR=ip)
 
