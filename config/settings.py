@@ -178,7 +178,16 @@ if REDIS_URL:
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
             "CONFIG": {
-                "hosts": [{"address": REDIS_URL, "socket_connect_timeout": REDIS_SOCKET_TIMEOUT}],
+                # A consumer waits for messages with a 5 s BZPOPMIN (channels_redis' brpop_timeout);
+                # redis-py 8 gives up reading a reply after 5 s by default, so an idle consumer's
+                # read lost that race and the consumer crashed. Reads wait for the BZPOPMIN and more.
+                "hosts": [
+                    {
+                        "address": REDIS_URL,
+                        "socket_connect_timeout": REDIS_SOCKET_TIMEOUT,
+                        "socket_timeout": 5 + REDIS_SOCKET_TIMEOUT,
+                    }
+                ],
                 "prefix": "rm-asgi",
             },
         }

@@ -247,6 +247,19 @@ async def test_a_lock_change_produces_events_and_a_delta(make_user):
 # --- coalescing ------------------------------------------------------------------------------
 
 
+@pytest.mark.services
+async def test_a_consumer_left_idle_past_the_layers_blocking_wait_still_gets_events(make_user):
+    # channels_redis waits for a message with a 5 s BZPOPMIN; a read timeout of 5 s (redis-py 8's
+    # default) made the empty reply arrive too late and crashed every idle consumer.
+    comm, _ = await staff_stream(await make_user("ops"))
+    await asyncio.sleep(6.5)
+    event = {"kind": "membership", "id": "after-idle", "node": "x", "from_state": "active", "to_state": "suspect"}
+    await get_channel_layer().group_send(CLUSTER_GROUP, {"type": "cluster.event", "event": event})
+    message = await receive_until(comm, lambda m: m["type"] == "events", timeout=5)
+    assert [e["id"] for e in message["events"]] == ["after-idle"]
+    await comm.disconnect()
+
+
 async def test_a_burst_of_events_is_coalesced_into_few_messages(make_user):
     comm, _ = await staff_stream(await make_user("ops"))
     layer = get_channel_layer()
