@@ -21,17 +21,26 @@ MESSAGES = 400
 
 @pytest.mark.embedded
 def test_concurrent_puts_and_gets_lose_nothing_and_read_no_partial_message(tmp_path):
-    options = {"data_folder_in": str(tmp_path), "data_folder_out": str(tmp_path), "store_processed": False}
+    options = {
+        "data_folder_in": str(tmp_path),
+        "data_folder_out": str(tmp_path),
+        "control_folder": str(tmp_path / "control"),  # kombu's default is ./control
+        "store_processed": False,
+    }
+    (tmp_path / "control").mkdir()
     assert app.conf.broker_url.startswith("filesystem")  # the transport the embedded default runs on
     received: list[int] = []
     errors: list[BaseException] = []
     done = threading.Event()
 
     def produce(offset: int) -> None:
-        with Connection("filesystem://", transport_options=options) as conn:
-            queue = conn.SimpleQueue("race")
-            for n in range(offset, offset + MESSAGES // 2):
-                queue.put({"n": n})
+        try:
+            with Connection("filesystem://", transport_options=options) as conn:
+                channel = conn.default_channel
+                for n in range(offset, offset + MESSAGES // 2):
+                    channel._put("race", {"n": n})  # what publishing a message to the queue ends in
+        except Exception as exc:  # noqa: BLE001 (reported by the assertion below)
+            errors.append(exc)
 
     def consume() -> None:
         with Connection("filesystem://", transport_options=options) as conn:
@@ -45,7 +54,7 @@ def test_concurrent_puts_and_gets_lose_nothing_and_read_no_partial_message(tmp_p
                     if done.is_set() and not any(p.is_alive() for p in producers):
                         break
                     continue
-                received.append(channel.message_to_python(message).decode()["n"])
+                received.append(message["n"])
 
     producers = [threading.Thread(target=produce, args=(i * MESSAGES // 2,)) for i in range(2)]
     consumers = [threading.Thread(target=consume) for _ in range(2)]
@@ -61,7 +70,8 @@ def test_concurrent_puts_and_gets_lose_nothing_and_read_no_partial_message(tmp_p
 
 
 def test_a_failed_put_raises_the_transports_error(tmp_path):
-    options = {"data_folder_in": str(tmp_path / "missing"), "data_folder_out": str(tmp_path / "missing")}
+    missing = str(tmp_path / "missing")
+    options = {"data_folder_in": missing, "data_folder_out": missing, "control_folder": missing}
     with Connection("filesystem://", transport_options=options) as conn:
         with pytest.raises(ChannelError):
             conn.default_channel._put("q", {"n": 1})
