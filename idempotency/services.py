@@ -430,53 +430,47 @@ def record_complete_statement(
         "locked_until": None,
         "fencing_token": token,
     }
-    params = [prepare(values[name]) for name, prepare in _completion_preparers(connection)]
+    params = [prepare(values[name], connection) for name, prepare in _completion_preparers()]
     params += [record.pk, IdempotencyRecord.State.IN_PROGRESS.value, token]
     return sql, params
 
 
-def _completion_preparers(connection) -> list[tuple[str, Any]]:
+def _completion_preparers() -> list[tuple[str, Any]]:
     """Per completed column, in order: its name and what turns a value into the database's form.
 
     What each field's ``get_db_prep_save`` does for the plain values a completion holds (the
-    generic path cost more than the rest of the statement): JSON through the backend's adapter,
-    datetimes through the backend's, bytes as the driver's Binary, None as SQL NULL.
+    generic path cost more than the rest of the statement): JSON and datetimes through the
+    connection's adapters, None as SQL NULL, other fields (text, integers, bytes) as the field does.
     """
-    preparers = _preparers.get(connection.ops)
-    if preparers is None:
-        meta, ops = IdempotencyRecord._meta, connection.ops
+    global _preparers
+    if _preparers is None:
         preparers = []
         for name in _COMPLETION_FIELDS:
-            field = meta.get_field(name)
+            field = IdempotencyRecord._meta.get_field(name)
             if isinstance(field, models.JSONField):
-                prepare = functools.partial(_json_or_null, ops.adapt_json_value, field.encoder)
+                prepare = functools.partial(_json_or_null, field.encoder)
             elif isinstance(field, models.DateTimeField):
-                prepare = functools.partial(_datetime_or_null, field, connection)
-            else:  # CharField, integer fields, BinaryField: their own preparation
-                prepare = functools.partial(_field_prep, field, connection)
+                prepare = functools.partial(_datetime_or_null, field)
+            else:
+                prepare = field.get_db_prep_save
             preparers.append((name, prepare))
-        _preparers[connection.ops] = preparers
-    return preparers
+        _preparers = preparers
+    return _preparers
 
 
-def _json_or_null(adapt, encoder, value: Any) -> Any:
-    return None if value is None else adapt(value, encoder)
+_preparers: list[tuple[str, Any]] | None = None
 
 
-def _datetime_or_null(field, connection, value: datetime | None) -> Any:
+def _json_or_null(encoder, value: Any, connection) -> Any:
+    return None if value is None else connection.ops.adapt_json_value(value, encoder)
+
+
+def _datetime_or_null(field, value: datetime | None, connection) -> Any:
     if value is None:
         return None
     if timezone.is_naive(value):  # the field warns and makes it aware
         return field.get_db_prep_save(value, connection)
     return connection.ops.adapt_datetimefield_value(value)
-
-
-def _field_prep(field, connection, value: Any) -> Any:
-    return field.get_db_prep_save(value, connection)
-
-
-# Per connection.ops (adapters belong to the connection): the completion's preparers.
-_preparers: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def record_complete_check(*, record: IdempotencyRecord, token: int, written: int) -> None:
