@@ -70,8 +70,10 @@ def test_a_broken_transaction_is_refused_as_django_refuses_any_query():
 def test_without_the_query_log_statements_run_the_same_and_are_not_logged():
     (first,) = job_ids(1)
     assert not connection.queries_logged
+    logged_before = len(connection.queries_log)
     results = execute_together("default", [update_error(first, "fast"), ('SELECT "error" FROM "cluster_job"', [])])
     assert results[0].rowcount == 1 and ("fast",) in results[1].rows
+    assert len(connection.queries_log) == logged_before, "the fast path logs nothing"
     with CaptureQueriesContext(connection) as captured:
         execute_together("default", [update_error(first, "logged")])
     assert len(captured.captured_queries) == 1 and "logged" in captured.captured_queries[0]["sql"]
