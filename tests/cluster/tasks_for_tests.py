@@ -21,3 +21,19 @@ def explode(ctx: JobContext, *, op_id: str) -> None:
 @cluster_task(key="k:{name}")
 def plain(ctx: JobContext, *, name: str, suffix: str = "") -> str:
     return name + suffix
+
+
+# Called by ``hooked``'s body with its JobContext, after its write: a test's stand-in for what
+# happens elsewhere while a body runs (a re-dispatch, a takeover of its key).
+HOOKS: list = []
+
+
+@cluster_task(key="h:{name}", idempotency_key="h:{name}")
+def hooked(ctx: JobContext, *, name: str, write: bool = True) -> str:
+    from django.contrib.auth.models import Group
+
+    if write:
+        Group.objects.create(name=name)
+    for hook in HOOKS:
+        hook(ctx)
+    return name

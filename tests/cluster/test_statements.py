@@ -2,15 +2,18 @@
 
 These run with real transactions (``transaction=True``): a worker runs a job in autocommit, which
 is when the start and the claim go to PostgreSQL together (inside a test's transaction they go
-one by one, as on SQLite).
+one by one, as on SQLite). The last tests move a job, or take its key over, from another
+connection while its body runs, as the sweeper or another worker would: the body rolls back.
 """
 
 from __future__ import annotations
 
+import threading
 import uuid
 
 import pytest
-from django.db import DatabaseError, connection, transaction
+from django.contrib.auth.models import Group
+from django.db import DatabaseError, connection, connections, transaction
 from django.db.transaction import TransactionManagementError
 from django.test.utils import CaptureQueriesContext
 
@@ -138,3 +141,58 @@ def test_a_stale_copy_never_touches_a_claim_held_by_the_running_attempt():
     after = IdempotencyRecord.objects.get(key="op:st-3")
     assert (after.state, after.fencing_token, after.result) == (before.state, before.fencing_token, before.result)
     assert len(t.CALLS) == 1
+
+
+def run_hooked(name: str, *, write: bool):
+    """Run ``hooked`` as a worker does: in autocommit, so its body's transaction is its own."""
+    job_id = t.hooked.delay(name=name, write=write).id
+    result = t.hooked.celery_task.apply(args=(job_id, 1), kwargs={"kwargs": {"name": name, "write": write}})
+    return job_id, result
+
+
+def elsewhere(sql: str, params: list) -> None:
+    """Run ``sql`` on a connection of its own, committed at once: another worker or the sweeper."""
+
+    def target():
+        try:
+            with connections["default"].cursor() as cursor:
+                cursor.execute(sql, params)
+        finally:
+            connections.close_all()
+
+    thread = threading.Thread(target=target)
+    thread.start()
+    thread.join()
+
+
+@pytest.mark.services
+@pytest.mark.parametrize("write", [False, True])
+def test_a_body_whose_job_moved_elsewhere_meanwhile_rolls_back(write, caplog):
+    t.HOOKS[:] = [lambda ctx: elsewhere('UPDATE "cluster_job" SET "dispatch" = 2 WHERE "id" = %s', [ctx.job_id])]
+    job_id, result = run_hooked(f"moved-{write}", write=write)
+    t.HOOKS.clear()
+    assert result.get() is None
+    assert not Group.objects.filter(name=f"moved-{write}").exists(), "the body's write rolled back"
+    job = Job.objects.get(pk=job_id)
+    assert (job.state, job.dispatch) == ("running", 2), "the success was not recorded"
+    assert not IdempotencyRecord.objects.filter(key=f"h:moved-{write}").exists(), "the key was given back"
+    assert "was taken over while it ran here" in caplog.text
+
+
+@pytest.mark.services
+@pytest.mark.parametrize("write", [False, True])
+def test_a_body_whose_key_was_taken_over_meanwhile_rolls_back(write, caplog):
+    key = f"h:taken-{write}"
+    t.HOOKS[:] = [
+        lambda ctx: elsewhere(
+            'UPDATE "idempotency_idempotencyrecord" SET "fencing_token" = "fencing_token" + 1 WHERE "key" = %s', [key]
+        )
+    ]
+    job_id, result = run_hooked(f"taken-{write}", write=write)
+    t.HOOKS.clear()
+    assert result.get() is None
+    assert not Group.objects.filter(name=f"taken-{write}").exists(), "the body's write rolled back"
+    assert Job.objects.get(pk=job_id).state == "running", "the success was not recorded"
+    record = IdempotencyRecord.objects.get(key=key)
+    assert (record.state, record.fencing_token) == ("in_progress", 2), "the successor's claim is untouched"
+    assert "stale completion rejected" in caplog.text
