@@ -23,7 +23,6 @@ import os
 import re
 import secrets
 import socket
-import weakref
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -235,34 +234,46 @@ def record_claim_statement(
 def record_from_row(*, using: str, columns: list[str], row: tuple) -> IdempotencyRecord:
     """The record a ``RETURNING *`` row describes, with Django's conversions applied (as ``raw()`` does)."""
     connection = connections[using]
-    plans = _row_plans.setdefault(connection.ops, {})
-    plan = plans.get(tuple(columns))
+    ops = connection.ops
+    key = (type(ops), tuple(columns))
+    plan = _row_plans.get(key)
     if plan is None:
-        plan = plans[tuple(columns)] = _row_plan(connection, columns)
+        plan = _row_plans[key] = _row_plan(connection, columns)
     names, values = [], []
     for (attname, col, converters), value in zip(plan, row, strict=True):
-        for converter in converters:
-            value = converter(value, col, connection)
+        for converter, on_ops in converters:
+            value = converter(ops, value, col, connection) if on_ops else converter(value, col, connection)
         names.append(attname)
         values.append(value)
     return IdempotencyRecord.from_db(using, names, values)
 
 
 def _row_plan(connection, columns: list[str]) -> list[tuple[str, Any, list]]:
-    """Per column: the field's attname, its ``Col`` and Django's converters for this connection."""
+    """Per column: the field's attname, its ``Col`` and Django's converters, none bound to ``connection``.
+
+    The backend's converters are methods of ``connection.ops``: the plan keeps their functions and
+    the caller passes its own connection's ``ops``, so the cache holds no connection alive (a
+    worker thread's connection is dropped with its thread).
+    """
     meta = IdempotencyRecord._meta
     by_column = {field.column: field for field in meta.concrete_fields}
     plan = []
     for column in columns:
         field = by_column[column]
         col = field.get_col(meta.db_table)
-        plan.append((field.attname, col, connection.ops.get_db_converters(col) + col.get_db_converters(connection)))
+        converters = []
+        for converter in connection.ops.get_db_converters(col) + col.get_db_converters(connection):
+            if getattr(converter, "__self__", None) is connection.ops:
+                converters.append((converter.__func__, True))
+            else:  # the field's own from_db_value: bound to the field, which lives as long as the model
+                converters.append((converter, False))
+        plan.append((field.attname, col, converters))
     return plan
 
 
-# Per connection (its converters are bound to it), columns -> _row_plan: building the converters
-# for each row cost more than the row's statement.
-_row_plans: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+# (the backend's operations class, the columns) -> _row_plan: building the converters for each row
+# cost more than the row's statement.
+_row_plans: dict[tuple[type, tuple[str, ...]], list] = {}
 
 
 def record_claim_settle(statement: ClaimStatement, record: IdempotencyRecord | None = None) -> Claim:

@@ -236,3 +236,36 @@ def test_lease_keeper_wakes_up_for_a_lease_due_before_its_next_look(monkeypatch)
     keeper.unregister(long)
     assert 2 in renewed, "the short lease (due in 0.1 s) was renewed although the keeper waited for a later one"
     assert 1 not in renewed, "the long lease is not due yet"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_record_read_from_a_row_in_a_thread_keeps_no_connection_alive():
+    """A worker thread's connection is dropped with the thread, whatever record_from_row cached."""
+    import gc
+    import weakref
+
+    from django.db import connections
+
+    from idempotency.services import record_from_row
+
+    stored = claim(timezone.now(), key="from-row").record
+    seen = {}
+
+    def worker():
+        conn = connections["default"]
+        with conn.cursor() as cursor:
+            cursor.execute("SELECT * FROM idempotency_idempotencyrecord WHERE id = %s", [stored.pk])
+            columns, row = [c[0] for c in cursor.description], cursor.fetchone()
+        seen["record"] = record_from_row(using="default", columns=columns, row=row)
+        seen["conn"] = weakref.ref(conn)
+        conn.close()
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    thread.join()
+    del thread
+    record = seen.pop("record")
+    assert (record.pk, record.key, record.fencing_token, record.state) == (stored.pk, "from-row", 1, "in_progress")
+    assert record.locked_until == stored.locked_until and record.created_at.tzinfo is not None
+    gc.collect()
+    assert seen["conn"]() is None, "the thread's connection was freed"
