@@ -19,8 +19,10 @@ own environment (settings are read at startup): ``DATABASE_URL`` and ``REDIS_URL
    workers resume (``add_consumer``); the time is from the resume to the last job finished: the latest
    ``Job.finished_at`` for ``cluster_task``, the latest ``date_done`` in the result backend for the plain
    task. So both rows measure the workers' throughput, never the single producer's publishing rate. Kinds
-   alternate order between rounds so a drifting machine load hits both alike. Workers' CPU time per job (main and pool
-   processes) is reported too: unlike jobs/s it hardly depends on what else runs on the machine.
+   take turns leading a round so a drifting machine load hits all alike. ``--parts`` adds rows of the same
+   ``cluster_task`` without its lock, and with its routing key only: what each option costs, in the same
+   run. Workers' CPU time per job (main and pool processes) is reported too: unlike jobs/s it hardly
+   depends on what else runs on the machine.
    When ``cluster_task`` is under ``--target`` times the plain rate, one pool process is profiled with py-spy
    (wall clock, idle included: where a job waits) during an extra round, and one job's SQL statements and
    Redis commands are counted in-process (``task.apply()`` eagerly, after the workers stopped). py-spy is not
@@ -463,12 +465,20 @@ def _measure_plain(tasks, client, run: str, items: range, timeout: float, valve:
     }
 
 
-def _measure_cluster(tasks, run: str, items: range, timeout: float, valve: Valve | None = None) -> dict:
+# Row kinds: the plain task, the cluster_task with every option, and with --parts the same
+# cluster_task less the lock, and with the routing key only.
+CLUSTER_KINDS = {"cluster_task": "cluster_noop", "no lock": "cluster_nolock", "key only": "cluster_keyonly"}
+
+
+def _measure_cluster(
+    tasks, run: str, items: range, timeout: float, valve: Valve | None = None, kind: str = "cluster_task"
+) -> dict:
     from django.db import transaction
     from django.db.models import Max
 
     from cluster.models import Job
 
+    task = getattr(tasks, CLUSTER_KINDS[kind])
     if valve is not None:
         valve.close()
     t0 = time.time()
@@ -477,7 +487,7 @@ def _measure_cluster(tasks, run: str, items: range, timeout: float, valve: Valve
     for start in range(0, len(batch), ENQUEUE_BATCH):
         with transaction.atomic():
             for i in batch[start : start + ENQUEUE_BATCH]:
-                ids.append(tasks.cluster_noop.delay(run=run, item=i).id)
+                ids.append(task.delay(run=run, item=i).id)
     enqueue_s = time.time() - t0
     jobs = Job.objects.filter(pk__in=ids)
     early = jobs.filter(state__in=FINAL_STATES).count()
@@ -489,7 +499,7 @@ def _measure_cluster(tasks, run: str, items: range, timeout: float, valve: Valve
     # row is done. Asked of the partial index on open jobs, each poll is a few index pages; the
     # earlier `pk IN (<2,000 ids>)` poll cost 11 ms of CPU (client and server), 5% of the machine
     # at 10 polls a second, all of it charged to the cluster_task rows.
-    open_jobs = Job.objects.filter(task_name=tasks.cluster_noop.name, state__in=OPEN_STATES)
+    open_jobs = Job.objects.filter(task_name=task.name, state__in=OPEN_STATES)
 
     def done() -> bool:
         return not open_jobs.exists()
@@ -532,10 +542,12 @@ def child_throughput(args: argparse.Namespace) -> dict:
         # Warm-up: import paths, connections and the ring cache of both pool processes, outside the timings.
         # Idempotency keys name the configuration: every child shares the database.
         _measure_plain(tasks, client, f"{args.variant}-warmup", range(0, 50), 60)
-        _measure_cluster(tasks, f"{args.variant}-warmup", range(0, 50), 60)
+        kinds = ["plain", "cluster_task", *(["no lock", "key only"] if args.parts else [])]
+        for kind in kinds[1:]:
+            _measure_cluster(tasks, f"{args.variant}-warmup", range(0, 50), 60, kind=kind)
         item = 1_000
         for rnd in range(args.rounds):
-            order = ("plain", "cluster_task") if rnd % 2 == 0 else ("cluster_task", "plain")
+            order = kinds[rnd % len(kinds) :] + kinds[: rnd % len(kinds)]  # each kind leads a round in turn
             for kind in order:
                 items = range(item, item + args.jobs)
                 item += args.jobs
@@ -545,7 +557,7 @@ def child_throughput(args: argparse.Namespace) -> dict:
                 if kind == "plain":
                     row = _measure_plain(tasks, client, f"{args.variant}-r{rnd}", items, args.timeout, valve)
                 else:
-                    row = _measure_cluster(tasks, f"{args.variant}-r{rnd}", items, args.timeout, valve)
+                    row = _measure_cluster(tasks, f"{args.variant}-r{rnd}", items, args.timeout, valve, kind)
                 pids = [pid for root in worker_pids for pid in _tree_pids(root)]
                 row.update(
                     load=load,
@@ -578,7 +590,7 @@ def child_throughput(args: argparse.Namespace) -> dict:
 
 def _rates(rows: list[dict]) -> dict[str, float]:
     rates = {}
-    for kind in ("plain", "cluster_task"):
+    for kind in dict.fromkeys(r["kind"] for r in rows):
         mine = [r for r in rows if r["kind"] == kind]
         rates[kind] = sum(r["jobs"] for r in mine) / sum(r["seconds"] for r in mine)
     return rates
@@ -938,6 +950,8 @@ def _run_child(
            "--target", str(args.target), "--profile-seconds", str(args.profile_seconds),
            "--transfers", str(args.transfers), "--duplicate-ratio", str(args.duplicate_ratio)]  # fmt: skip
     cmd += ["--variant", variant]
+    if args.parts:
+        cmd.append("--parts")
     if not args.profile or variant != "configured":
         cmd.append("--no-profile")
     child = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True, start_new_session=True)
@@ -1014,7 +1028,7 @@ def report_throughput(args: argparse.Namespace, variants: dict[str, dict]) -> li
         rates = _rates(rows)
         ratio = rates["cluster_task"] / rates["plain"]
         cpu, machine = {}, {}
-        for k in ("plain", "cluster_task"):
+        for k in rates:
             mine = [r for r in rows if r["kind"] == k]
             jobs = sum(r["jobs"] for r in mine)
             cpu[k] = sum(r["cpu_s"] for r in mine) / jobs
@@ -1026,6 +1040,12 @@ def report_throughput(args: argparse.Namespace, variants: dict[str, dict]) -> li
             f"| {1000 * cpu['cluster_task']:.2f} | {cpu['cluster_task'] / cpu['plain']:.1f} "
             f"| {1000 * machine['cluster_task']:.2f} | {machine['cluster_task'] / machine['plain']:.1f} |",
         ]
+        for k in (k for k in CLUSTER_KINDS if k in rates and k != "cluster_task"):
+            lines.append(
+                f"| {name} | `cluster_task`, {k} | {rates[k]:,.0f} | {rates[k] / rates['plain']:.2f} "
+                f"| {1000 * cpu[k]:.2f} | {cpu[k] / cpu['plain']:.1f} "
+                f"| {1000 * machine[k]:.2f} | {machine[k] / machine['plain']:.1f} |"
+            )
         verdict = "meets" if ratio >= args.target else "misses"
         verdicts.append(f"{name} ({VARIANTS[name][0]}): **{ratio:.2f}×**, {verdict} the target of ≥ {args.target}×")
     lines += [
@@ -1243,6 +1263,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--target", type=float, default=0.5, help="cluster_task/plain ratio to meet (default 0.5)")
     parser.add_argument("--no-profile", dest="profile", action="store_false", help="never profile")
+    parser.add_argument(
+        "--parts",
+        action="store_true",
+        help="also rows of the cluster_task without its lock, and with its routing key only (what each costs)",
+    )
     parser.add_argument("--profile-seconds", type=int, default=8, help="py-spy recording time (default 8)")
     parser.add_argument("--transfers", type=int, default=500, help="chaos: transfer calls (default 500)")
     parser.add_argument("--duplicate-ratio", type=float, default=0.2, help="chaos: share of repeats (0.2)")

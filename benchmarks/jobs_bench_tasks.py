@@ -31,6 +31,18 @@ def cluster_noop(ctx: JobContext, *, run: str, item: int) -> dict:
     return {"item": item}
 
 
+# The same task less one option at a time, for ``bench_jobs.py --parts``: what each option costs
+# in the same run (the lock: the difference between ``cluster_noop`` and ``cluster_nolock``).
+@cluster_task(key="bench:{item}", idempotency_key="bench:{run}:{item}", name="bench_jobs.cluster_nolock")
+def cluster_nolock(ctx: JobContext, *, run: str, item: int) -> dict:
+    return {"item": item}
+
+
+@cluster_task(key="bench:{item}", name="bench_jobs.cluster_keyonly")
+def cluster_keyonly(ctx: JobContext, *, run: str, item: int) -> dict:
+    return {"item": item}
+
+
 @shared_task(name=PLAIN_TASK_NAME, acks_late=True)
 def plain_noop(*, run: str, item: int) -> dict:
     return {"item": item}
