@@ -1170,7 +1170,8 @@ def report(args: argparse.Namespace, versions: dict, throughput: dict[str, dict]
         "# `cluster_task` jobs on Redis + PostgreSQL: throughput and chaos",
         "",
         f"`.venv/bin/python benchmarks/bench_jobs.py --jobs {args.jobs} --rounds {args.rounds}"
-        f" --variants {args.variants} --redis-url redis://127.0.0.1:6379/<db> --database <name>` — "
+        f" --variants {args.variants}{' --parts' if args.parts else ''}"
+        " --redis-url redis://127.0.0.1:6379/<db> --database <name>` — "
         f"PostgreSQL {versions['postgres']}, Redis {versions['redis']}, Celery {versions['celery']}, "
         f"Django {versions['django']}, Python {platform.python_version()}; {os.cpu_count()} CPUs, load average "
         f"{load[0]:.1f} at the start and {load[1]:.1f} at the end (the machine is shared). "
