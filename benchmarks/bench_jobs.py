@@ -185,7 +185,14 @@ def _tree_pids(root_pid: int) -> list[int]:
     return pids
 
 
-def _cpu_seconds(pids: list[int]) -> float:
+def _cpu_seconds(pids: list[int], *, reaped: bool = False) -> float:
+    """CPU seconds of ``pids``; with ``reaped``, plus what their children that have ended used.
+
+    A server's processes come and go between two readings (PostgreSQL's autovacuum workers, a
+    backend whose client disconnected): an ended one leaves the sum of the living, and its time
+    moves to the parent that reaped it (the postmaster's cutime and cstime), so counting those too
+    keeps the total from going backwards.
+    """
     total = 0.0
     for pid in pids:
         try:
@@ -194,6 +201,8 @@ def _cpu_seconds(pids: list[int]) -> float:
             continue
         fields = stat[stat.rindex(")") + 2 :].split()
         total += (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+        if reaped:
+            total += (int(fields[13]) + int(fields[14])) / CLOCK_TICKS
     return total
 
 
@@ -218,7 +227,7 @@ def _machine_cpu() -> float:
 
 def _servers_cpu() -> dict[str, float]:
     """CPU seconds used so far by the PostgreSQL and Redis servers and by the whole machine (shared with other work)."""
-    used = {name: _cpu_seconds(_server_pids(name)) for name in ("postgres", "redis-server")}
+    used = {name: _cpu_seconds(_server_pids(name), reaped=True) for name in ("postgres", "redis-server")}
     used["machine"] = _machine_cpu()
     return used
 
