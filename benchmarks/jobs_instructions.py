@@ -14,6 +14,12 @@ It runs ``KIND`` (plain, key, key+idem, key+lock, all) ``N`` times through Celer
 (``DJANGO_DEBUG=0`` as in a worker: with debug on, Django's query log adds to every statement).
 Wall-clock benchmarks on a shared machine move with its load; this count does not
 (benchmarks/results/jobs.md).
+
+Without valgrind, ``jobs_instructions.py cpu [BLOCKS]`` prints a table of CPU time instead: per
+option set, the client's (``os.times()``) and the PostgreSQL backend's (its ``/proc`` entry) CPU
+per job, and wall time, over ``BLOCKS`` (default 8) blocks of 150 jobs, the option sets taking
+turns so a drifting machine load hits them alike. These move with the machine's speed; compare
+the rows of one run.
 """
 
 from __future__ import annotations
@@ -82,5 +88,51 @@ def main(kind: str, count: int) -> None:
     callgrind("off")
 
 
+def _backend_cpu(pid: int) -> float:
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_table(blocks: int, size: int = 150) -> None:
+    """Client and PostgreSQL backend CPU per job of each option set, in turns (the database must be local)."""
+    from django.db import connection
+
+    kinds = ["plain", *KINDS]
+    totals = {kind: [0.0, 0.0, 0.0, 0] for kind in kinds}
+    for kind in kinds:
+        main(kind, 0)  # warm-up
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        (pid,) = cursor.fetchone()
+    for block in range(blocks):
+        for kind in kinds[block % len(kinds) :] + kinds[: block % len(kinds)]:
+            base = time.time_ns() // 1000
+            if kind == "plain":
+                runs = [lambda i=i: PLAIN.apply(kwargs={"run": "cpu", "item": i}) for i in range(size)]
+            else:
+                task = KINDS[kind]
+                jobs = [make_job(task.name, "cpu", base + i) for i in range(size)]
+                runs = [
+                    lambda j=j, k=k, t=task: t.celery_task.apply(args=(j, 1), kwargs={"kwargs": k}, task_id=j)
+                    for j, k in jobs
+                ]
+            t0, w0, b0 = os.times(), time.perf_counter(), _backend_cpu(pid)
+            for run in runs:
+                run()
+            t1, w1, b1 = os.times(), time.perf_counter(), _backend_cpu(pid)
+            total = totals[kind]
+            total[0] += t1.user + t1.system - t0.user - t0.system
+            total[1] += b1 - b0
+            total[2] += w1 - w0
+            total[3] += size
+    print("| options | client CPU µs/job | PostgreSQL backend CPU µs/job | wall µs/job |")
+    print("| --- | ---: | ---: | ---: |")
+    for kind, (client, backend, wall, jobs) in totals.items():
+        print(f"| {kind} | {client / jobs * 1e6:,.0f} | {backend / jobs * 1e6:,.0f} | {wall / jobs * 1e6:,.0f} |")
+
+
 if __name__ == "__main__":
-    main(sys.argv[1], int(sys.argv[2]))
+    if sys.argv[1] == "cpu":
+        cpu_table(int(sys.argv[2]) if len(sys.argv) > 2 else 8)
+    else:
+        main(sys.argv[1], int(sys.argv[2]))
