@@ -995,8 +995,11 @@ def report_throughput(args: argparse.Namespace, variants: dict[str, dict]) -> li
         "## 1. Throughput: `cluster_task` (key + lock + idempotency) vs plain `shared_task(acks_late=True)`",
         "",
         "Per configuration: 2 worker nodes ("
-        + "; ".join(f"{name}: each `celery worker --pool {v[3]} --concurrency {v[4]}`" for name, v in VARIANTS.items()
-                    if name in variants)
+        + "; ".join(
+            f"{name}: each `celery worker --pool {v[3]} --concurrency {v[4]}`"
+            for name, v in VARIANTS.items()
+            if name in variants
+        )
         + "; 2 worker processes: the prefork pool's, or the two workers' own with threads), the sweeper running"
         " and both nodes active in the ring (cluster jobs are routed to their"
         f" key's owner); {args.jobs:,} jobs per row enqueued in full while the workers consume nothing"

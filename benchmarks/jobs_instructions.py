@@ -77,9 +77,7 @@ def main(kind: str, count: int) -> None:
     else:
         task = KINDS[kind]
         jobs = [make_job(task.name, "instr", base + i) for i in range(count + 20)]
-        runs = [
-            lambda j=j, k=k: task.celery_task.apply(args=(j, 1), kwargs={"kwargs": k}, task_id=j) for j, k in jobs
-        ]
+        runs = [lambda j=j, k=k: task.celery_task.apply(args=(j, 1), kwargs={"kwargs": k}, task_id=j) for j, k in jobs]
     for run in runs[:20]:  # warm-up: imports, connections, caches
         assert run().successful()
     callgrind("on")

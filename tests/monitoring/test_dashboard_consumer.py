@@ -487,8 +487,10 @@ async def test_a_new_job_produces_an_event_and_a_row_delta(make_user):
     while len(got) < 2:
         message = await receive_until(
             comm,
-            lambda m: (m["type"] == "events" and any(e["kind"] == "job" for e in m["events"]))
-            or (m["type"] == "delta" and "jobs" in m),
+            lambda m: (
+                (m["type"] == "events" and any(e["kind"] == "job" for e in m["events"]))
+                or (m["type"] == "delta" and "jobs" in m)
+            ),
         )
         got.setdefault(message["type"], message)
     [relayed] = [e for e in got["events"]["events"] if e["kind"] == "job"]
