@@ -70,14 +70,18 @@ def callgrind(switch: str) -> None:
     subprocess.run(["callgrind_control", "-i", switch, str(os.getpid())], stdout=subprocess.DEVNULL, check=False)
 
 
-def main(kind: str, count: int) -> None:
-    base = time.time_ns() // 1000
+def _runs(kind: str, count: int, run: str) -> list:
+    """``count`` jobs of ``kind`` ready to run eagerly (cluster jobs get their Job rows now)."""
     if kind == "plain":
-        runs = [lambda i=i: PLAIN.apply(kwargs={"run": "instr", "item": i}) for i in range(count + 20)]
-    else:
-        task = KINDS[kind]
-        jobs = [make_job(task.name, "instr", base + i) for i in range(count + 20)]
-        runs = [lambda j=j, k=k: task.celery_task.apply(args=(j, 1), kwargs={"kwargs": k}, task_id=j) for j, k in jobs]
+        return [lambda i=i: PLAIN.apply(kwargs={"run": run, "item": i}) for i in range(count)]
+    task = KINDS[kind]
+    base = time.time_ns() // 1000
+    jobs = [make_job(task.name, run, base + i) for i in range(count)]
+    return [lambda j=j, k=k: task.celery_task.apply(args=(j, 1), kwargs={"kwargs": k}, task_id=j) for j, k in jobs]
+
+
+def main(kind: str, count: int) -> None:
+    runs = _runs(kind, count + 20, "instr")
     for run in runs[:20]:  # warm-up: imports, connections, caches
         assert run().successful()
     callgrind("on")
@@ -97,23 +101,15 @@ def cpu_table(blocks: int, size: int = 150) -> None:
 
     kinds = ["plain", *KINDS]
     totals = {kind: [0.0, 0.0, 0.0, 0] for kind in kinds}
-    for kind in kinds:
-        main(kind, 0)  # warm-up
+    for kind in kinds:  # warm-up: imports, connections, caches
+        for run in _runs(kind, 20, "cpu"):
+            assert run().successful()
     with connection.cursor() as cursor:
         cursor.execute("SELECT pg_backend_pid()")
         (pid,) = cursor.fetchone()
     for block in range(blocks):
         for kind in kinds[block % len(kinds) :] + kinds[: block % len(kinds)]:
-            base = time.time_ns() // 1000
-            if kind == "plain":
-                runs = [lambda i=i: PLAIN.apply(kwargs={"run": "cpu", "item": i}) for i in range(size)]
-            else:
-                task = KINDS[kind]
-                jobs = [make_job(task.name, "cpu", base + i) for i in range(size)]
-                runs = [
-                    lambda j=j, k=k, t=task: t.celery_task.apply(args=(j, 1), kwargs={"kwargs": k}, task_id=j)
-                    for j, k in jobs
-                ]
+            runs = _runs(kind, size, "cpu")
             t0, w0, b0 = os.times(), time.perf_counter(), _backend_cpu(pid)
             for run in runs:
                 run()
