@@ -143,6 +143,13 @@ def test_a_stale_copy_never_touches_a_claim_held_by_the_running_attempt():
     assert len(t.CALLS) == 1
 
 
+@pytest.fixture
+def hooks():
+    """``hooked``'s hooks for one test, emptied afterwards even when the test fails."""
+    yield t.HOOKS
+    t.HOOKS.clear()
+
+
 def run_hooked(name: str, *, write: bool):
     """Run ``hooked`` as a worker does: in autocommit, so its body's transaction is its own."""
     job_id = t.hooked.delay(name=name, write=write).id
@@ -167,10 +174,9 @@ def elsewhere(sql: str, params: list) -> None:
 
 @pytest.mark.services
 @pytest.mark.parametrize("write", [False, True])
-def test_a_body_whose_job_moved_elsewhere_meanwhile_rolls_back(write, caplog):
-    t.HOOKS[:] = [lambda ctx: elsewhere('UPDATE "cluster_job" SET "dispatch" = 2 WHERE "id" = %s', [ctx.job_id])]
+def test_a_body_whose_job_moved_elsewhere_meanwhile_rolls_back(write, caplog, hooks):
+    hooks[:] = [lambda ctx: elsewhere('UPDATE "cluster_job" SET "dispatch" = 2 WHERE "id" = %s', [ctx.job_id])]
     job_id, result = run_hooked(f"moved-{write}", write=write)
-    t.HOOKS.clear()
     assert result.get() is None
     assert not Group.objects.filter(name=f"moved-{write}").exists(), "the body's write rolled back"
     job = Job.objects.get(pk=job_id)
@@ -181,15 +187,14 @@ def test_a_body_whose_job_moved_elsewhere_meanwhile_rolls_back(write, caplog):
 
 @pytest.mark.services
 @pytest.mark.parametrize("write", [False, True])
-def test_a_body_whose_key_was_taken_over_meanwhile_rolls_back(write, caplog):
+def test_a_body_whose_key_was_taken_over_meanwhile_rolls_back(write, caplog, hooks):
     key = f"h:taken-{write}"
-    t.HOOKS[:] = [
+    hooks[:] = [
         lambda ctx: elsewhere(
             'UPDATE "idempotency_idempotencyrecord" SET "fencing_token" = "fencing_token" + 1 WHERE "key" = %s', [key]
         )
     ]
     job_id, result = run_hooked(f"taken-{write}", write=write)
-    t.HOOKS.clear()
     assert result.get() is None
     assert not Group.objects.filter(name=f"taken-{write}").exists(), "the body's write rolled back"
     assert Job.objects.get(pk=job_id).state == "running", "the success was not recorded"
