@@ -21,8 +21,10 @@ own environment (settings are read at startup): ``DATABASE_URL`` and ``REDIS_URL
    task. So both rows measure the workers' throughput, never the single producer's publishing rate. Kinds
    take turns leading a round so a drifting machine load hits all alike. ``--parts`` adds rows of the same
    ``cluster_task`` without its lock, and with its routing key only: what each option costs, in the same
-   run. Workers' CPU time per job (main and pool processes) is reported too: unlike jobs/s it hardly
-   depends on what else runs on the machine.
+   run; and a row of its server work only: a plain task sending the same statements and taking the same
+   lock with none of ``cluster_task``'s Python, the rate no wrapper can exceed. Workers' CPU time per job
+   (main and pool processes) is reported too: unlike jobs/s it hardly depends on what else runs on the
+   machine.
    When ``cluster_task`` is under ``--target`` times the plain rate, one pool process is profiled with py-spy
    (wall clock, idle included: where a job waits) during an extra round, and one job's SQL statements and
    Redis commands are counted in-process (``task.apply()`` eagerly, after the workers stopped). py-spy is not
@@ -475,8 +477,14 @@ def _measure_plain(tasks, client, run: str, items: range, timeout: float, valve:
 
 
 # Row kinds: the plain task, the cluster_task with every option, and with --parts the same
-# cluster_task less the lock, and with the routing key only.
-CLUSTER_KINDS = {"cluster_task": "cluster_noop", "no lock": "cluster_nolock", "key only": "cluster_keyonly"}
+# cluster_task less the lock, with the routing key only, and its server work sent by a plain task
+# with none of cluster_task's Python (jobs_bench_tasks.floor: what no wrapper can go below).
+CLUSTER_KINDS = {
+    "cluster_task": "cluster_noop",
+    "no lock": "cluster_nolock",
+    "key only": "cluster_keyonly",
+    "server work only": "cluster_floor",
+}
 
 
 def _measure_cluster(
@@ -551,7 +559,7 @@ def child_throughput(args: argparse.Namespace) -> dict:
         # Warm-up: import paths, connections and the ring cache of both pool processes, outside the timings.
         # Idempotency keys name the configuration: every child shares the database.
         _measure_plain(tasks, client, f"{args.variant}-warmup", range(0, 50), 60)
-        kinds = ["plain", "cluster_task", *(["no lock", "key only"] if args.parts else [])]
+        kinds = ["plain", "cluster_task", *(list(CLUSTER_KINDS)[1:] if args.parts else [])]
         for kind in kinds[1:]:
             _measure_cluster(tasks, f"{args.variant}-warmup", range(0, 50), 60, kind=kind)
         item = 1_000
@@ -1034,7 +1042,7 @@ def report_throughput(args: argparse.Namespace, variants: dict[str, dict]) -> li
         "| machine CPU ms/job | machine CPU ratio |",
         "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
-    verdicts = []
+    verdicts, floors = [], []
     for name, data in variants.items():
         rows = data["rounds"]
         rates = _rates(rows)
@@ -1060,10 +1068,26 @@ def report_throughput(args: argparse.Namespace, variants: dict[str, dict]) -> li
             )
         verdict = "meets" if ratio >= args.target else "misses"
         verdicts.append(f"{name} ({VARIANTS[name][0]}): **{ratio:.2f}×**, {verdict} the target of ≥ {args.target}×")
+        if "server work only" in rates:
+            floors.append(
+                f"{name}: {rates['server work only'] / rates['plain']:.2f}× (machine CPU ratio"
+                f" {machine['server work only'] / machine['plain']:.1f}, so at most"
+                f" {machine['plain'] / machine['server work only']:.2f}× CPU-bound)"
+            )
     lines += [
         "",
         "`cluster_task` rate as a share of the plain task's: " + "; ".join(verdicts) + ".",
         "",
+        *(
+            [
+                "Server work only (the same statements and Redis lock sent by a plain task, none of"
+                " `cluster_task`'s Python): " + "; ".join(floors) + ". That is the most any wrapper sending this"
+                " server work can reach on this machine.",
+                "",
+            ]
+            if floors
+            else []
+        ),
         "Load avg: the machine's 1-minute load average when the row started (2 CPUs, shared with other work)."
         " Done before resume: jobs that finished while the workers were paused (must be 0 for a fair row)."
         " Worker CPU counts the worker processes (main + pool), not PostgreSQL's or Redis's; the server columns"
@@ -1279,7 +1303,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--parts",
         action="store_true",
-        help="also rows of the cluster_task without its lock, and with its routing key only (what each costs)",
+        help="also rows of the cluster_task without its lock, with its routing key only (what each costs), and of"
+        " its server work sent by a plain task (the floor of any wrapper)",
     )
     parser.add_argument("--profile-seconds", type=int, default=8, help="py-spy recording time (default 8)")
     parser.add_argument("--transfers", type=int, default=500, help="chaos: transfer calls (default 500)")

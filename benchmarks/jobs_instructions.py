@@ -8,7 +8,7 @@ Job rows with ``owner_node='inproc'`` are added)::
     valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file=/dev/null \\
     .venv/bin/python benchmarks/jobs_instructions.py all 100
 
-It runs ``KIND`` (plain, key, key+idem, key+lock, all) ``N`` times through Celery's eager
+It runs ``KIND`` (plain, key, key+idem, key+lock, all, floor) ``N`` times through Celery's eager
 ``apply()`` and has callgrind count only those runs (``callgrind_control -i on/off`` around them):
 "Collected" divided by N is the instructions per job of the worker thread, in user space
 (``DJANGO_DEBUG=0`` as in a worker: with debug on, Django's query log adds to every statement).
@@ -40,7 +40,7 @@ django.setup()
 import logging  # noqa: E402
 
 from celery import shared_task  # noqa: E402
-from jobs_bench_tasks import make_job  # noqa: E402
+from jobs_bench_tasks import FLOOR_TASK_NAME, floor, floor_connection, make_job  # noqa: E402
 
 from cluster.tasks import cluster_task  # noqa: E402
 
@@ -74,8 +74,11 @@ def _runs(kind: str, count: int, run: str) -> list:
     """``count`` jobs of ``kind`` ready to run eagerly (cluster jobs get their Job rows now)."""
     if kind == "plain":
         return [lambda i=i: PLAIN.apply(kwargs={"run": run, "item": i}) for i in range(count)]
-    task = KINDS[kind]
     base = time.time_ns() // 1000
+    if kind == "floor":
+        jobs = [make_job(FLOOR_TASK_NAME, run, base + i) for i in range(count)]
+        return [lambda j=j, k=k: floor.apply(args=(j, 1), kwargs=k, task_id=j) for j, k in jobs]
+    task = KINDS[kind]
     jobs = [make_job(task.name, run, base + i) for i in range(count)]
     return [lambda j=j, k=k: task.celery_task.apply(args=(j, 1), kwargs={"kwargs": k}, task_id=j) for j, k in jobs]
 
@@ -99,7 +102,7 @@ def cpu_table(blocks: int, size: int = 150) -> None:
     """Client and PostgreSQL backend CPU per job of each option set, in turns (the database must be local)."""
     from django.db import connection
 
-    kinds = ["plain", *KINDS]
+    kinds = ["plain", *KINDS, "floor"]
     totals = {kind: [0.0, 0.0, 0.0, 0] for kind in kinds}
     for kind in kinds:  # warm-up: imports, connections, caches
         for run in _runs(kind, 20, "cpu"):
@@ -107,13 +110,15 @@ def cpu_table(blocks: int, size: int = 150) -> None:
     with connection.cursor() as cursor:
         cursor.execute("SELECT pg_backend_pid()")
         (pid,) = cursor.fetchone()
+    # The floor sends its statements on a connection of its own: both backends are counted, every row.
+    pids = (pid, floor_connection().info.backend_pid)
     for block in range(blocks):
         for kind in kinds[block % len(kinds) :] + kinds[: block % len(kinds)]:
             runs = _runs(kind, size, "cpu")
-            t0, w0, b0 = os.times(), time.perf_counter(), _backend_cpu(pid)
+            t0, w0, b0 = os.times(), time.perf_counter(), sum(map(_backend_cpu, pids))
             for run in runs:
                 run()
-            t1, w1, b1 = os.times(), time.perf_counter(), _backend_cpu(pid)
+            t1, w1, b1 = os.times(), time.perf_counter(), sum(map(_backend_cpu, pids))
             total = totals[kind]
             total[0] += t1.user + t1.system - t0.user - t0.system
             total[1] += b1 - b0
