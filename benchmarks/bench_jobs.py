@@ -22,7 +22,8 @@ own environment (settings are read at startup): ``DATABASE_URL`` and ``REDIS_URL
    take turns leading a round so a drifting machine load hits all alike. ``--parts`` adds rows of the same
    ``cluster_task`` without its lock, and with its routing key only: what each option costs, in the same
    run; and a row of its server work only: a plain task sending the same statements and taking the same
-   lock with none of ``cluster_task``'s Python, the rate no wrapper can exceed. Workers' CPU time per job
+   lock with none of ``cluster_task``'s Python, the rate no wrapper can exceed; and the same less the
+   ``running`` write and the lock check before COMMIT ("server work, lean"). Workers' CPU time per job
    (main and pool processes) is reported too: unlike jobs/s it hardly depends on what else runs on the
    machine.
    When ``cluster_task`` is under ``--target`` times the plain rate, one pool process is profiled with py-spy
@@ -478,12 +479,19 @@ def _measure_plain(tasks, client, run: str, items: range, timeout: float, valve:
 
 # Row kinds: the plain task, the cluster_task with every option, and with --parts the same
 # cluster_task less the lock, with the routing key only, and its server work sent by a plain task
-# with none of cluster_task's Python (jobs_bench_tasks.floor: what no wrapper can go below).
+# with none of cluster_task's Python (jobs_bench_tasks.floor: what no wrapper can go below), also
+# without the running write and the lock check before COMMIT (floor_lean: what those two would buy).
 CLUSTER_KINDS = {
     "cluster_task": "cluster_noop",
     "no lock": "cluster_nolock",
     "key only": "cluster_keyonly",
     "server work only": "cluster_floor",
+    "server work, lean": "cluster_floor_lean",
+}
+FLOOR_KINDS = {
+    "server work only": "Server work only (the same statements and Redis lock sent by a plain task, none of"
+    " `cluster_task`'s Python)",
+    "server work, lean": "Server work, lean (the same less the `running` write and the lock check before COMMIT)",
 }
 
 
@@ -1042,7 +1050,8 @@ def report_throughput(args: argparse.Namespace, variants: dict[str, dict]) -> li
         "| machine CPU ms/job | machine CPU ratio |",
         "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
-    verdicts, floors = [], []
+    verdicts: list[str] = []
+    floors: dict[str, list[str]] = {}
     for name, data in variants.items():
         rows = data["rounds"]
         rates = _rates(rows)
@@ -1068,26 +1077,21 @@ def report_throughput(args: argparse.Namespace, variants: dict[str, dict]) -> li
             )
         verdict = "meets" if ratio >= args.target else "misses"
         verdicts.append(f"{name} ({VARIANTS[name][0]}): **{ratio:.2f}×**, {verdict} the target of ≥ {args.target}×")
-        if "server work only" in rates:
-            floors.append(
-                f"{name}: {rates['server work only'] / rates['plain']:.2f}× (machine CPU ratio"
-                f" {machine['server work only'] / machine['plain']:.1f}, so at most"
-                f" {machine['plain'] / machine['server work only']:.2f}× CPU-bound)"
+        for k in (k for k in FLOOR_KINDS if k in rates):
+            floors.setdefault(k, []).append(
+                f"{name}: {rates[k] / rates['plain']:.2f}× (machine CPU ratio {machine[k] / machine['plain']:.1f},"
+                f" so at most {machine['plain'] / machine[k]:.2f}× CPU-bound)"
             )
     lines += [
         "",
         "`cluster_task` rate as a share of the plain task's: " + "; ".join(verdicts) + ".",
         "",
-        *(
-            [
-                "Server work only (the same statements and Redis lock sent by a plain task, none of"
-                " `cluster_task`'s Python): " + "; ".join(floors) + ". That is the most any wrapper sending this"
-                " server work can reach on this machine.",
-                "",
-            ]
-            if floors
-            else []
-        ),
+    ]
+    for k, found in floors.items():
+        lines += [f"{FLOOR_KINDS[k]}: " + "; ".join(found) + ".", ""]
+    if floors:
+        lines += ["That is the most any wrapper sending this server work can reach on this machine.", ""]
+    lines += [
         "Load avg: the machine's 1-minute load average when the row started (2 CPUs, shared with other work)."
         " Done before resume: jobs that finished while the workers were paused (must be 0 for a fair row)."
         " Worker CPU counts the worker processes (main + pool), not PostgreSQL's or Redis's; the server columns"

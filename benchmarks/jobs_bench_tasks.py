@@ -80,6 +80,7 @@ def make_job(task_name: str, run: str, item: int) -> tuple[str, dict]:
 # the same Redis lock through the same API. Its rate is what ``cluster_noop`` could reach if its
 # wrapper cost nothing: below 0.5x the plain task, no wrapper can meet the target on this machine.
 FLOOR_TASK_NAME = "bench_jobs.floor"
+FLOOR_LEAN_TASK_NAME = "bench_jobs.floor_lean"
 _floor_local = threading.local()
 
 
@@ -93,38 +94,48 @@ def floor_connection() -> psycopg.Connection:
 
 
 @functools.cache
-def _floor_sql() -> tuple[str, str]:
+def _floor_sql(lean: bool) -> tuple[str, str]:
+    """(start, finish) SQL: the worker's, or the lean variant's (no ``running`` write, attempt counted at the end)."""
     from django.db import connection
 
     from cluster import tasks
     from idempotency import services
 
-    start = f"SET LOCAL synchronous_commit TO off;\n{tasks._start_sql(connection)};\n"
-    finish = f"{services._complete_sql(connection)};\n{tasks._succeed_sql(connection)}"
-    return start, finish
+    succeed = tasks._succeed_sql(connection)
+    if not lean:
+        start = f"SET LOCAL synchronous_commit TO off;\n{tasks._start_sql(connection)};\n"
+        return start, f"{services._complete_sql(connection)};\n{succeed}"
+    qn = connection.ops.quote_name
+    job = f"SELECT {qn('attempts')}, {qn('owner_node')} FROM {qn(Job._meta.db_table)}"  # noqa: S608 (names only)
+    job += f" WHERE {qn('id')} = %s AND {qn('dispatch')} = %s AND {qn('state')} IN (%s, %s, %s, %s)"
+    start = f"SET LOCAL synchronous_commit TO off;\n{job};\n"
+    counted = f", {qn('attempts')} = {qn('attempts')} + 1, {qn('ran_on')} = %s, {qn('started_at')} = %s WHERE "
+    return start, f"{services._complete_sql(connection)};\n{succeed.replace(' WHERE ', counted, 1)}"
 
 
-@shared_task(name=FLOOR_TASK_NAME, bind=True, acks_late=True, ignore_result=True)
-def floor(self, job_id: str, dispatch: int, *, run: str, item: int) -> None:
+def _floor(task, job_id: str, dispatch: int, run: str, item: int, *, lean: bool) -> None:
     from idempotency import services
     from idempotency.keys import arguments_fingerprint
     from locks import lock
 
-    start, finish = _floor_sql()
+    start, finish = _floor_sql(lean)
     kwargs = {"run": run, "item": item}
     claim = services.record_claim_statement(
-        scope=f"task:{FLOOR_TASK_NAME}",
+        scope=f"task:{task.name}",
         key=f"bench:{run}:{item}",
         fingerprint=arguments_fingerprint(canonical_json(kwargs)),
         ttl=IDEMPOTENCY_TTL,
         lease_seconds=30.0,
     )
-    now = datetime.now(UTC)
+    started = datetime.now(UTC)
     runnable = ["queued", "retrying", "requeued", "running"]
     conn = floor_connection()
     cur = conn.cursor()
-    node = node_name_for(self.request.hostname or "")
-    cur.execute(start + claim.sql, ["running", node, now, now, job_id, dispatch, *runnable, *claim.params])
+    node = node_name_for(task.request.hostname or "")
+    job_params = (
+        [job_id, dispatch, *runnable] if lean else ["running", node, started, started, job_id, dispatch, *runnable]
+    )
+    cur.execute(start + claim.sql, [*job_params, *claim.params])
     cur.nextset()
     if cur.fetchone() is None:
         raise RuntimeError(f"floor job {job_id}: not runnable")
@@ -138,30 +149,42 @@ def floor(self, job_id: str, dispatch: int, *, run: str, item: int) -> None:
             now = datetime.now(UTC)
             token = record["fencing_token"]
             completion = ["completed", None, Jsonb([]), None, Jsonb(result), now, now + IDEMPOTENCY_TTL, None, token]
-            cur.execute(
-                finish,
-                [*completion, record["id"], "in_progress", token, "succeeded", Jsonb(result), lease.token, now, now]
-                + [job_id, dispatch],
-            )
-            lease.ensure_held()
+            success = ["succeeded", Jsonb(result), lease.token, now, now, *([node, started] if lean else [])]
+            cur.execute(finish, [*completion, record["id"], "in_progress", token, *success, job_id, dispatch])
+            if not lean:
+                lease.ensure_held()
             conn.commit()
         finally:
             conn.autocommit = True
 
 
-class FloorJobs:
-    """Enqueues ``floor`` jobs as ``cluster_noop.delay()`` does: a Job row, then the message to the key's owner."""
+@shared_task(name=FLOOR_TASK_NAME, bind=True, acks_late=True, ignore_result=True)
+def floor(self, job_id: str, dispatch: int, *, run: str, item: int) -> None:
+    _floor(self, job_id, dispatch, run, item, lean=False)
 
-    name = FLOOR_TASK_NAME
+
+# The floor less the two levers that README's jobs section names as decisions: no ``running`` write
+# (the start only reads the job; the success counts the attempt) and no lock check before COMMIT.
+@shared_task(name=FLOOR_LEAN_TASK_NAME, bind=True, acks_late=True, ignore_result=True)
+def floor_lean(self, job_id: str, dispatch: int, *, run: str, item: int) -> None:
+    _floor(self, job_id, dispatch, run, item, lean=True)
+
+
+class FloorJobs:
+    """Enqueues floor jobs as ``cluster_noop.delay()`` does: a Job row, then the message to the key's owner."""
+
+    def __init__(self, task) -> None:
+        self.task = task
+        self.name = task.name
 
     def delay(self, *, run: str, item: int):
         from cluster.jobs import PUBLISHERS, job_create
 
-        PUBLISHERS[FLOOR_TASK_NAME] = lambda job_id, dispatch, queue, kwargs: floor.apply_async(
+        PUBLISHERS[self.name] = lambda job_id, dispatch, queue, kwargs: self.task.apply_async(
             args=(job_id, dispatch), kwargs=kwargs, task_id=job_id, queue=queue
         )
         job, _queue = job_create(
-            task_name=FLOOR_TASK_NAME,
+            task_name=self.name,
             kwargs={"run": run, "item": item},
             routing_key=f"bench:{item}",
             lock_name=f"bench:{item}",
@@ -170,4 +193,5 @@ class FloorJobs:
         return job
 
 
-cluster_floor = FloorJobs()
+cluster_floor = FloorJobs(floor)
+cluster_floor_lean = FloorJobs(floor_lean)

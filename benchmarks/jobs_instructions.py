@@ -8,7 +8,7 @@ Job rows with ``owner_node='inproc'`` are added)::
     valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file=/dev/null \\
     .venv/bin/python benchmarks/jobs_instructions.py all 100
 
-It runs ``KIND`` (plain, key, key+idem, key+lock, all, floor) ``N`` times through Celery's eager
+It runs ``KIND`` (plain, key, key+idem, key+lock, all, floor, floor-lean) ``N`` times through Celery's eager
 ``apply()`` and has callgrind count only those runs (``callgrind_control -i on/off`` around them):
 "Collected" divided by N is the instructions per job of the worker thread, in user space
 (``DJANGO_DEBUG=0`` as in a worker: with debug on, Django's query log adds to every statement).
@@ -40,7 +40,7 @@ django.setup()
 import logging  # noqa: E402
 
 from celery import shared_task  # noqa: E402
-from jobs_bench_tasks import FLOOR_TASK_NAME, floor, floor_connection, make_job  # noqa: E402
+from jobs_bench_tasks import floor, floor_connection, floor_lean, make_job  # noqa: E402
 
 from cluster.tasks import cluster_task  # noqa: E402
 
@@ -64,6 +64,9 @@ KINDS = {
     )(body),
 }
 PLAIN = shared_task(name="instr.plain", acks_late=True)(plain_body)
+# The server work of "all" sent by a plain task, and the same less the running write and lock check
+# (benchmarks/jobs_bench_tasks.py): what is left when cluster_task's own Python is taken away.
+FLOORS = {"floor": floor, "floor-lean": floor_lean}
 
 
 def callgrind(switch: str) -> None:
@@ -75,9 +78,10 @@ def _runs(kind: str, count: int, run: str) -> list:
     if kind == "plain":
         return [lambda i=i: PLAIN.apply(kwargs={"run": run, "item": i}) for i in range(count)]
     base = time.time_ns() // 1000
-    if kind == "floor":
-        jobs = [make_job(FLOOR_TASK_NAME, run, base + i) for i in range(count)]
-        return [lambda j=j, k=k: floor.apply(args=(j, 1), kwargs=k, task_id=j) for j, k in jobs]
+    if kind in FLOORS:
+        task = FLOORS[kind]
+        jobs = [make_job(task.name, run, base + i) for i in range(count)]
+        return [lambda j=j, k=k: task.apply(args=(j, 1), kwargs=k, task_id=j) for j, k in jobs]
     task = KINDS[kind]
     jobs = [make_job(task.name, run, base + i) for i in range(count)]
     return [lambda j=j, k=k: task.celery_task.apply(args=(j, 1), kwargs={"kwargs": k}, task_id=j) for j, k in jobs]
@@ -102,7 +106,7 @@ def cpu_table(blocks: int, size: int = 150) -> None:
     """Client and PostgreSQL backend CPU per job of each option set, in turns (the database must be local)."""
     from django.db import connection
 
-    kinds = ["plain", *KINDS, "floor"]
+    kinds = ["plain", *KINDS, *FLOORS]
     totals = {kind: [0.0, 0.0, 0.0, 0] for kind in kinds}
     for kind in kinds:  # warm-up: imports, connections, caches
         for run in _runs(kind, 20, "cpu"):
