@@ -1308,7 +1308,7 @@ def _parser() -> argparse.ArgumentParser:
         "--parts",
         action="store_true",
         help="also rows of the cluster_task without its lock, with its routing key only (what each costs), and of"
-        " its server work sent by a plain task (the floor of any wrapper)",
+        " its server work sent by a plain task, in full and lean (the floor of any wrapper)",
     )
     parser.add_argument("--profile-seconds", type=int, default=8, help="py-spy recording time (default 8)")
     parser.add_argument("--transfers", type=int, default=500, help="chaos: transfer calls (default 500)")

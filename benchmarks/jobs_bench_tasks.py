@@ -18,7 +18,7 @@ import psycopg
 from celery import shared_task
 from psycopg.types.json import Jsonb
 
-from cluster.jobs import canonical_json
+from cluster.jobs import PUBLISHERS, canonical_json, job_create
 from cluster.models import Job
 from cluster.routing import node_name_for
 from cluster.tasks import JobContext, cluster_task
@@ -174,15 +174,13 @@ class FloorJobs:
     """Enqueues floor jobs as ``cluster_noop.delay()`` does: a Job row, then the message to the key's owner."""
 
     def __init__(self, task) -> None:
-        self.task = task
         self.name = task.name
-
-    def delay(self, *, run: str, item: int):
-        from cluster.jobs import PUBLISHERS, job_create
-
-        PUBLISHERS[self.name] = lambda job_id, dispatch, queue, kwargs: self.task.apply_async(
+        # What job_create() calls on commit for this task name (cluster_task registers its own alike).
+        PUBLISHERS[self.name] = lambda job_id, dispatch, queue, kwargs: task.apply_async(
             args=(job_id, dispatch), kwargs=kwargs, task_id=job_id, queue=queue
         )
+
+    def delay(self, *, run: str, item: int):
         job, _queue = job_create(
             task_name=self.name,
             kwargs={"run": run, "item": item},
