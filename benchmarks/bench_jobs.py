@@ -23,9 +23,9 @@ own environment (settings are read at startup): ``DATABASE_URL`` and ``REDIS_URL
    ``cluster_task`` without its lock, and with its routing key only: what each option costs, in the same
    run; and a row of its server work only: a plain task sending the same statements and taking the same
    lock with none of ``cluster_task``'s Python, the rate no wrapper can exceed; and the same less the
-   ``running`` write and the lock check before COMMIT ("server work, lean"). Workers' CPU time per job
-   (main and pool processes) is reported too: unlike jobs/s it hardly depends on what else runs on the
-   machine.
+   ``running`` write and the lock check before COMMIT ("server work, lean"), and that in one transaction.
+   Workers' CPU time per job (main and pool processes) is reported too: unlike jobs/s it hardly depends on
+   what else runs on the machine.
    When ``cluster_task`` is under ``--target`` times the plain rate, one pool process is profiled with py-spy
    (wall clock, idle included: where a job waits) during an extra round, and one job's SQL statements and
    Redis commands are counted in-process (``task.apply()`` eagerly, after the workers stopped). py-spy is not
@@ -480,18 +480,22 @@ def _measure_plain(tasks, client, run: str, items: range, timeout: float, valve:
 # Row kinds: the plain task, the cluster_task with every option, and with --parts the same
 # cluster_task less the lock, with the routing key only, and its server work sent by a plain task
 # with none of cluster_task's Python (jobs_bench_tasks.floor: what no wrapper can go below), also
-# without the running write and the lock check before COMMIT (floor_lean: what those two would buy).
+# without the running write and the lock check before COMMIT (floor_lean: what those two would buy),
+# and that in a single transaction (floor_one_tx: the claim not committed before the body).
 CLUSTER_KINDS = {
     "cluster_task": "cluster_noop",
     "no lock": "cluster_nolock",
     "key only": "cluster_keyonly",
     "server work only": "cluster_floor",
     "server work, lean": "cluster_floor_lean",
+    "server work, one transaction": "cluster_floor_one_tx",
 }
 FLOOR_KINDS = {
     "server work only": "Server work only (the same statements and Redis lock sent by a plain task, none of"
     " `cluster_task`'s Python)",
     "server work, lean": "Server work, lean (the same less the `running` write and the lock check before COMMIT)",
+    "server work, one transaction": "Server work, one transaction (lean, and the idempotency claim in the body's"
+    " transaction)",
 }
 
 
@@ -1308,7 +1312,7 @@ def _parser() -> argparse.ArgumentParser:
         "--parts",
         action="store_true",
         help="also rows of the cluster_task without its lock, with its routing key only (what each costs), and of"
-        " its server work sent by a plain task, in full and lean (the floor of any wrapper)",
+        " its server work sent by a plain task, in full, lean and in one transaction (the floor of any wrapper)",
     )
     parser.add_argument("--profile-seconds", type=int, default=8, help="py-spy recording time (default 8)")
     parser.add_argument("--transfers", type=int, default=500, help="chaos: transfer calls (default 500)")

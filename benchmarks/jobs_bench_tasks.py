@@ -81,6 +81,7 @@ def make_job(task_name: str, run: str, item: int) -> tuple[str, dict]:
 # wrapper cost nothing: below 0.5x the plain task, no wrapper can meet the target on this machine.
 FLOOR_TASK_NAME = "bench_jobs.floor"
 FLOOR_LEAN_TASK_NAME = "bench_jobs.floor_lean"
+FLOOR_ONE_TX_TASK_NAME = "bench_jobs.floor_one_tx"
 _floor_local = threading.local()
 
 
@@ -94,8 +95,12 @@ def floor_connection() -> psycopg.Connection:
 
 
 @functools.cache
-def _floor_sql(lean: bool) -> tuple[str, str]:
-    """(start, finish) SQL: the worker's, or the lean variant's (no ``running`` write, attempt counted at the end)."""
+def _floor_sql(lean: bool, one_tx: bool) -> tuple[str, str]:
+    """(start, finish) SQL: the worker's, or the lean variant's (no ``running`` write, attempt counted at the end).
+
+    In one transaction (``one_tx``, lean too), the start locks the job's row instead of committing a
+    state: the lock held to the end is what fences a second copy of the message.
+    """
     from django.db import connection
 
     from cluster import tasks
@@ -108,17 +113,17 @@ def _floor_sql(lean: bool) -> tuple[str, str]:
     qn = connection.ops.quote_name
     job = f"SELECT {qn('attempts')}, {qn('owner_node')} FROM {qn(Job._meta.db_table)}"  # noqa: S608 (names only)
     job += f" WHERE {qn('id')} = %s AND {qn('dispatch')} = %s AND {qn('state')} IN (%s, %s, %s, %s)"
-    start = f"SET LOCAL synchronous_commit TO off;\n{job};\n"
+    start = f"{job} FOR UPDATE;\n" if one_tx else f"SET LOCAL synchronous_commit TO off;\n{job};\n"
     counted = f", {qn('attempts')} = {qn('attempts')} + 1, {qn('ran_on')} = %s, {qn('started_at')} = %s WHERE "
     return start, f"{services._complete_sql(connection)};\n{succeed.replace(' WHERE ', counted, 1)}"
 
 
-def _floor(task, job_id: str, dispatch: int, run: str, item: int, *, lean: bool) -> None:
+def _floor(task, job_id: str, dispatch: int, run: str, item: int, *, lean: bool, one_tx: bool = False) -> None:
     from idempotency import services
     from idempotency.keys import arguments_fingerprint
     from locks import lock
 
-    start, finish = _floor_sql(lean)
+    start, finish = _floor_sql(lean, one_tx)
     kwargs = {"run": run, "item": item}
     claim = services.record_claim_statement(
         scope=f"task:{task.name}",
@@ -135,17 +140,20 @@ def _floor(task, job_id: str, dispatch: int, run: str, item: int, *, lean: bool)
     job_params = (
         [job_id, dispatch, *runnable] if lean else ["running", node, started, started, job_id, dispatch, *runnable]
     )
-    cur.execute(start + claim.sql, [*job_params, *claim.params])
-    cur.nextset()
-    if cur.fetchone() is None:
-        raise RuntimeError(f"floor job {job_id}: not runnable")
-    cur.nextset()
-    columns = [column.name for column in cur.description]
-    record = dict(zip(columns, cur.fetchone(), strict=True))
-    result = {"item": item}
-    with lock(f"bench:{item}", ttl=30, auto_renew=True) as lease:
-        conn.autocommit = False
-        try:
+    conn.autocommit = not one_tx
+    try:
+        cur.execute(start + claim.sql, [*job_params, *claim.params])
+        if not one_tx:
+            cur.nextset()  # past SET LOCAL
+        if cur.fetchone() is None:
+            raise RuntimeError(f"floor job {job_id}: not runnable")
+        cur.nextset()
+        columns = [column.name for column in cur.description]
+        record = dict(zip(columns, cur.fetchone(), strict=True))
+        result = {"item": item}
+        with lock(f"bench:{item}", ttl=30, auto_renew=True) as lease:
+            if conn.autocommit:  # the start committed on its own: BEGIN (one_tx: still in the start's)
+                conn.autocommit = False
             now = datetime.now(UTC)
             token = record["fencing_token"]
             completion = ["completed", None, Jsonb([]), None, Jsonb(result), now, now + IDEMPOTENCY_TTL, None, token]
@@ -154,8 +162,11 @@ def _floor(task, job_id: str, dispatch: int, run: str, item: int, *, lean: bool)
             if not lean:
                 lease.ensure_held()
             conn.commit()
-        finally:
-            conn.autocommit = True
+    except BaseException:
+        conn.rollback()
+        raise
+    finally:
+        conn.autocommit = True
 
 
 @shared_task(name=FLOOR_TASK_NAME, bind=True, acks_late=True, ignore_result=True)
@@ -168,6 +179,13 @@ def floor(self, job_id: str, dispatch: int, *, run: str, item: int) -> None:
 @shared_task(name=FLOOR_LEAN_TASK_NAME, bind=True, acks_late=True, ignore_result=True)
 def floor_lean(self, job_id: str, dispatch: int, *, run: str, item: int) -> None:
     _floor(self, job_id, dispatch, run, item, lean=True)
+
+
+# The lean floor in one transaction: the idempotency claim is not committed before the body, so a
+# concurrent duplicate would wait on its row instead of retrying (a redesign of the exactly-once path).
+@shared_task(name=FLOOR_ONE_TX_TASK_NAME, bind=True, acks_late=True, ignore_result=True)
+def floor_one_tx(self, job_id: str, dispatch: int, *, run: str, item: int) -> None:
+    _floor(self, job_id, dispatch, run, item, lean=True, one_tx=True)
 
 
 class FloorJobs:
@@ -193,3 +211,4 @@ class FloorJobs:
 
 cluster_floor = FloorJobs(floor)
 cluster_floor_lean = FloorJobs(floor_lean)
+cluster_floor_one_tx = FloorJobs(floor_one_tx)

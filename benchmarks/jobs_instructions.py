@@ -8,7 +8,7 @@ Job rows with ``owner_node='inproc'`` are added)::
     valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file=/dev/null \\
     .venv/bin/python benchmarks/jobs_instructions.py all 100
 
-It runs ``KIND`` (plain, key, key+idem, key+lock, all, floor, floor-lean) ``N`` times through Celery's eager
+It runs ``KIND`` (plain, key, key+idem, key+lock, all, floor, floor-lean, floor-1tx) ``N`` times through Celery's eager
 ``apply()`` and has callgrind count only those runs (``callgrind_control -i on/off`` around them):
 "Collected" divided by N is the instructions per job of the worker thread, in user space
 (``DJANGO_DEBUG=0`` as in a worker: with debug on, Django's query log adds to every statement).
@@ -40,7 +40,7 @@ django.setup()
 import logging  # noqa: E402
 
 from celery import shared_task  # noqa: E402
-from jobs_bench_tasks import floor, floor_connection, floor_lean, make_job  # noqa: E402
+from jobs_bench_tasks import floor, floor_connection, floor_lean, floor_one_tx, make_job  # noqa: E402
 
 from cluster.tasks import cluster_task  # noqa: E402
 
@@ -64,9 +64,9 @@ KINDS = {
     )(body),
 }
 PLAIN = shared_task(name="instr.plain", acks_late=True)(plain_body)
-# The server work of "all" sent by a plain task, and the same less the running write and lock check
-# (benchmarks/jobs_bench_tasks.py): what is left when cluster_task's own Python is taken away.
-FLOORS = {"floor": floor, "floor-lean": floor_lean}
+# The server work of "all" sent by a plain task, the same less the running write and lock check, and
+# that in one transaction (benchmarks/jobs_bench_tasks.py): what is left without cluster_task's Python.
+FLOORS = {"floor": floor, "floor-lean": floor_lean, "floor-1tx": floor_one_tx}
 
 
 def callgrind(switch: str) -> None:
