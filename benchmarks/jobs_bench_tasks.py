@@ -174,8 +174,8 @@ def floor(self, job_id: str, dispatch: int, *, run: str, item: int) -> None:
     _floor(self, job_id, dispatch, run, item, lean=False)
 
 
-# The floor less the two levers that README's jobs section names as decisions: no ``running`` write
-# (the start only reads the job; the success counts the attempt) and no lock check before COMMIT.
+# The floor less two guarantees (README's jobs section): no ``running`` write (the start only reads
+# the job; the success counts the attempt) and no lock check before COMMIT.
 @shared_task(name=FLOOR_LEAN_TASK_NAME, bind=True, acks_late=True, ignore_result=True)
 def floor_lean(self, job_id: str, dispatch: int, *, run: str, item: int) -> None:
     _floor(self, job_id, dispatch, run, item, lean=True)
